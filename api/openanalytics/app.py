@@ -1,0 +1,83 @@
+"""The HTTP application: `/collect`, `/v1/...`, health, and the OpenAPI 3.1 spec."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from openanalytics import __version__, errors, health
+from openanalytics.cache import TTLCache
+from openanalytics.ingest import collect, events
+from openanalytics.projects import endpoints as projects
+from openanalytics.query import pageviews
+from openanalytics.runtime import Stores
+from openanalytics.worker.runner import Worker
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Programmatic access to projects, events and analytics queries.
+
+* `POST /collect` is public and silent: always `204 No Content`.
+* Everything under `/v1` needs `Authorization: Bearer oa_live_...`; errors are
+  `{"error": "<code>", "message": "<sentence>"}`.
+"""
+
+
+def create_app(stores: Stores, with_worker: bool = False) -> FastAPI:
+    """The API. With `with_worker` the same process also drains the stream (standalone)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        stop = asyncio.Event()
+        task = None
+        if with_worker:
+            worker = Worker(stores)
+            app.state.worker = worker
+            await worker.provision()
+            task = asyncio.create_task(worker.run(stop), name="worker")
+        try:
+            yield
+        finally:
+            if task is not None:
+                stop.set()
+                await task
+                await app.state.worker.drain()
+
+    app = FastAPI(
+        title="OpenAnalytics API",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.stores = stores
+    ttl = stores.settings.cache_ttl_seconds
+    app.state.key_cache = TTLCache(ttl)
+    app.state.project_cache = TTLCache(ttl)
+    app.state.collector = collect.Collector(app.state)
+    errors.install(app)
+    for module in (health, collect, events, projects, pageviews):
+        app.include_router(module.router)
+    app.openapi = lambda: openapi_without_422(app)
+    return app
+
+
+def openapi_without_422(app: FastAPI) -> dict:
+    """FastAPI documents validation failures as 422; this API answers them 400 (documented per route)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        for path in schema["paths"].values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema

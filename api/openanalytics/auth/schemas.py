@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from openanalytics.auth.models import ApiKey
+
+
+class KeyOut(BaseModel):
+    id: str = Field(examples=["key_5e0c2a9b1f3d4e76"])
+    project_id: str
+    name: str
+    prefix: str = Field(description="The first characters of the secret, for recognising it.", examples=["oa_live_Ab3x"])
+    scopes: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> "KeyOut":
+        return cls(
+            id=key.id, project_id=key.project_id, name=key.name, prefix=key.prefix, scopes=list(key.scopes),
+            created_at=key.created_at, last_used_at=key.last_used_at, revoked_at=key.revoked_at,
+        )

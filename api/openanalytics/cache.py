@@ -1,0 +1,32 @@
+"""A tiny time-bounded cache: short lifetimes keep revocations visible within a second."""
+
+from __future__ import annotations
+
+import time
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class TTLCache(Generic[K, V]):
+    def __init__(self, ttl_seconds: float, max_items: int = 10_000):
+        self.ttl = ttl_seconds
+        self.max_items = max_items
+        self._items: dict[K, tuple[float, V]] = {}
+
+    def get(self, key: K) -> tuple[bool, V | None]:
+        hit = self._items.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return False, None
+        return True, hit[1]
+
+    def put(self, key: K, value: V) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._items) >= self.max_items:
+            self._items.clear()
+        self._items[key] = (time.monotonic() + self.ttl, value)
+
+    def clear(self) -> None:
+        self._items.clear()

@@ -1,0 +1,67 @@
+"""Settings, read from `OA_*` environment variables.
+
+One URL per store decides whether the embedded store or a server is used:
+
+- `OA_DATABASE_URL` unset → SQLite under `OA_DATA_DIR`; else any SQLAlchemy URL
+  (`postgresql+psycopg://...`).
+- `OA_REDIS_URL` unset → in-process fakeredis; else `redis://...`.
+- `OA_CLICKHOUSE_URL` unset → chdb under `OA_DATA_DIR`; else `http(s)://...` or `chdb:///path`.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "openanalytics"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OA_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="Folder for embedded stores.")
+    database_url: str | None = Field(default=None, description="Control plane (SQLAlchemy URL).")
+    redis_url: str | None = Field(default=None, description="Hot state (redis:// URL).")
+    clickhouse_url: str | None = Field(default=None, description="Events (http(s):// or chdb:// URL).")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    stream_key: str = Field(default="oa:events", description="Redis Stream holding accepted events.")
+    worker_batch_size: int = Field(default=5000, ge=1, le=100_000)
+    worker_block_ms: int = Field(default=500, ge=10, le=60_000)
+    worker_claim_idle_ms: int = Field(
+        default=60_000, ge=1000, description="Pending events idle this long are taken over from a dead worker."
+    )
+    worker_name: str = Field(default_factory=lambda: os.environ.get("HOSTNAME") or f"worker-{os.getpid()}")
+
+    collect_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    collect_max_batch: int = Field(default=50, ge=1, le=1000)
+    events_max_batch: int = Field(default=1000, ge=1, le=10_000)
+    cache_ttl_seconds: float = Field(default=1.0, ge=0, le=60, description="Project/key cache lifetime.")
+
+    log_level: str = "INFO"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'control.sqlite3'}"
+
+    @property
+    def effective_clickhouse_url(self) -> str:
+        return self.clickhouse_url or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def clickhouse_is_embedded(self) -> bool:
+        return self.effective_clickhouse_url.startswith("chdb:")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,43 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+router = APIRouter(tags=["Health"])
+
+CHECK_TIMEOUT_SECONDS = 3.0
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def _check(coro) -> str:
+    try:
+        await asyncio.wait_for(coro, CHECK_TIMEOUT_SECONDS)
+        return "ok"
+    except Exception as exc:  # the reason is for operators; no secrets are in these errors
+        return f"error: {type(exc).__name__}"
+
+
+@router.get("/readyz", summary="Readiness: the three stores answer")
+async def readyz(request: Request) -> JSONResponse:
+    stores = request.app.state.stores
+    checks = dict(
+        zip(
+            ("database", "redis", "clickhouse"),
+            await asyncio.gather(
+                _check(run_in_threadpool(stores.db.ping)),
+                _check(stores.redis.ping()),
+                _check(stores.events.run(stores.events.ping)),
+            ),
+        )
+    )
+    ready = all(value == "ok" for value in checks.values())
+    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503)

@@ -1,0 +1,19 @@
+"""The ingest buffer: a Redis Stream of rows waiting for the worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+FIELD = b"e"
+
+
+async def append(redis: aioredis.Redis, stream: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for row in rows:
+            pipe.xadd(stream, {FIELD: orjson.dumps(row)})
+        await pipe.execute()

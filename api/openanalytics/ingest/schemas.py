@@ -1,0 +1,118 @@
+"""The server-side event model (strict) shared with `/collect` (lenient: failures are dropped)."""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import pycountry
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+MAX_PROPERTIES = 50
+MAX_PROPERTY_KEY = 100
+MAX_PROPERTY_VALUE = 1000
+CURRENCIES = frozenset(c.alpha_3 for c in pycountry.currencies)
+
+
+class EventType(StrEnum):
+    pageview = "pageview"
+    event = "event"
+    identify = "identify"
+    conversion = "conversion"
+
+
+PropertyValue = str | int | float | bool
+
+
+class EventIn(BaseModel):
+    """One tracked event as a backend sends it (`POST /v1/projects/{id}/events`)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "event_type": "conversion",
+                    "event_name": "purchase",
+                    "user_id": "sha256_hash_of_user_id",
+                    "url": "https://example.com/thanks",
+                    "properties": {"plan": "pro"},
+                    "revenue": 49.99,
+                    "currency": "USD",
+                    "timestamp": 1747000000000,
+                }
+            ]
+        },
+    )
+
+    event_type: EventType = Field(description="What happened.")
+    event_name: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        default=None, description="Required for `event` and `conversion`; case-sensitive, snake_case recommended."
+    )
+    user_id: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+        default=None, description="An already hashed or pseudonymous id. Never a raw email address."
+    )
+    url: Annotated[str, Field(max_length=2048)] | None = Field(default=None, description="Absolute http(s) URL.")
+    properties: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"Flat object of at most {MAX_PROPERTIES} keys; values are strings, numbers or booleans.",
+    )
+    revenue: Annotated[Decimal, Field(max_digits=18, decimal_places=4)] | None = Field(
+        default=None, description="Conversion value (with `currency`)."
+    )
+    currency: str | None = Field(default=None, description="ISO 4217 code, e.g. USD.", examples=["USD"])
+    timestamp: StrictInt | None = Field(
+        default=None, description="Unix time in milliseconds; defaults to the time the event is received."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _absolute_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL")
+        return value
+
+    @field_validator("properties")
+    @classmethod
+    def _flat_properties(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(value) > MAX_PROPERTIES:
+            raise ValueError(f"at most {MAX_PROPERTIES} properties are allowed, got {len(value)}")
+        for key, item in value.items():
+            if not key or len(key) > MAX_PROPERTY_KEY:
+                raise ValueError(f"property names are 1 to {MAX_PROPERTY_KEY} characters")
+            if not isinstance(item, (str, int, float, bool)) or (isinstance(item, float) and not math.isfinite(item)):
+                raise ValueError(f"property {key!r} must be a string, number or boolean (no objects, arrays or null)")
+            if isinstance(item, str) and len(item) > MAX_PROPERTY_VALUE:
+                raise ValueError(f"property {key!r} is longer than {MAX_PROPERTY_VALUE} characters")
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _iso_currency(cls, value: str | None) -> str | None:
+        if value is not None and value not in CURRENCIES:
+            raise ValueError("must be an ISO 4217 currency code in upper case, e.g. USD")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EventIn":
+        if self.event_type in (EventType.event, EventType.conversion) and not self.event_name:
+            raise ValueError(f"event_name is required for event_type '{self.event_type.value}'")
+        if self.event_type is EventType.identify and not self.user_id:
+            raise ValueError("user_id is required for event_type 'identify'")
+        if (self.revenue is None) != (self.currency is None):
+            raise ValueError("revenue and currency go together")
+        if self.revenue is not None and self.event_type is not EventType.conversion:
+            raise ValueError("revenue is only accepted on conversion events")
+        return self
+
+
+class EventsQueued(BaseModel):
+    queued: bool = Field(True, description="Always true: the events are on the ingest stream.")
+    count: int = Field(description="How many events were queued.", examples=[1])
+    event_ids: list[str] = Field(description="Ids given to the queued events, in request order.")

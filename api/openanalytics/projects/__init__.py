@@ -1,0 +1,1 @@
+"""Projects: tenants, their plans and effective limits."""

@@ -1,0 +1,118 @@
+"""Each project's ClickHouse database: versioned, idempotent migrations and the retention TTL.
+
+One database per project (`oa_<project id>`). Migrations are numbered lists of statements
+that are each safe to run twice (IF NOT EXISTS); the database records which versions it
+has in `schema_versions`, so a crash halfway is finished by the next run.
+
+The `events` table keeps one row per tracked event. It is partitioned by month, ordered for
+per-day per-visitor scans, expires rows by the plan's retention, and deduplicates retried
+inserts that carry the same `insert_deduplication_token` (the worker's exactly-once).
+"""
+
+from __future__ import annotations
+
+import re
+
+from openanalytics.stores.clickhouse import EventStore
+
+_PROJECT_ID = re.compile(r"^prj_[0-9a-f]{16}$")
+
+EVENT_COLUMNS: dict[str, str] = {
+    "event_id": "UUID",
+    "event_type": "LowCardinality(String)",
+    "event_name": "String",
+    "timestamp": "DateTime64(3, 'UTC')",
+    "received_at": "DateTime64(3, 'UTC')",
+    "origin": "LowCardinality(String)",  # collect | server
+    "user_id": "String",
+    "visitor_id": "UInt64",
+    "session_id": "UInt64",
+    "url": "String",
+    "hostname": "LowCardinality(String)",
+    "path": "String",
+    "referrer": "String",
+    "referrer_source": "LowCardinality(String)",
+    "utm_source": "String",
+    "utm_medium": "String",
+    "utm_campaign": "String",
+    "utm_term": "String",
+    "utm_content": "String",
+    "country": "LowCardinality(String)",
+    "region": "LowCardinality(String)",
+    "city": "String",
+    "device": "LowCardinality(String)",
+    "browser": "LowCardinality(String)",
+    "browser_version": "LowCardinality(String)",
+    "os": "LowCardinality(String)",
+    "os_version": "LowCardinality(String)",
+    "screen_width": "UInt16",
+    "language": "LowCardinality(String)",
+    "properties": "Map(String, String)",
+    "revenue": "Nullable(Decimal(18, 4))",
+    "currency": "LowCardinality(String)",
+}
+
+_EVENTS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS {db}.events (\n"
+    + ",\n".join(f"  `{name}` {kind}" for name, kind in EVENT_COLUMNS.items())
+    + "\n) ENGINE = MergeTree\n"
+    "PARTITION BY toYYYYMM(timestamp)\n"
+    "ORDER BY (toDate(timestamp), visitor_id, timestamp, event_id)\n"
+    "TTL toDateTime(timestamp) + INTERVAL {retention_days} DAY\n"
+    "SETTINGS non_replicated_deduplication_window = 10000"
+)
+
+# Append only. Each statement must be idempotent; `{db}` and `{retention_days}` are
+# filled from validated values, never from user input.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, [_EVENTS_TABLE]),
+]
+CURRENT_VERSION = MIGRATIONS[-1][0]
+
+
+def database_name(project_id: str) -> str:
+    if not _PROJECT_ID.match(project_id):
+        raise ValueError(f"not a project id: {project_id!r}")
+    return f"oa_{project_id}"
+
+
+def migrate_project(store: EventStore, project_id: str, retention_days: int) -> int:
+    """Create or upgrade the project's database and set its TTL. Returns the schema version.
+
+    Synchronous: run it on the store's thread (`store.call` / `store.run`).
+    """
+    if not isinstance(retention_days, int) or retention_days <= 0:
+        raise ValueError("retention_days must be a positive integer")
+    db = database_name(project_id)
+    store.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+    store.command(
+        f"CREATE TABLE IF NOT EXISTS {db}.schema_versions (version UInt32, applied_at DateTime DEFAULT now()) "
+        "ENGINE = MergeTree ORDER BY version"
+    )
+    applied = {row[0] for row in store.rows(f"SELECT version FROM {db}.schema_versions")}
+    for version, statements in MIGRATIONS:
+        if version in applied:
+            continue
+        for statement in statements:
+            store.command(statement.format(db=db, retention_days=retention_days))
+        store.command(f"INSERT INTO {db}.schema_versions (version) VALUES ({version})")
+    set_retention(store, project_id, retention_days)
+    return CURRENT_VERSION
+
+
+def set_retention(store: EventStore, project_id: str, retention_days: int) -> None:
+    db = database_name(project_id)
+    store.command(f"ALTER TABLE {db}.events MODIFY TTL toDateTime(timestamp) + INTERVAL {int(retention_days)} DAY")
+
+
+def table_ttl(store: EventStore, project_id: str) -> str:
+    rows = store.rows(
+        "SELECT create_table_query FROM system.tables WHERE database = {db:String} AND name = 'events'",
+        {"db": database_name(project_id)},
+    )
+    match = re.search(r"TTL (.+?)(?: SETTINGS|$)", rows[0][0]) if rows else None
+    return match.group(1).strip() if match else ""
+
+
+def drop_project_database(store: EventStore, project_id: str) -> None:
+    store.command(f"DROP DATABASE IF EXISTS {database_name(project_id)}")

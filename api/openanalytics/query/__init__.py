@@ -1,0 +1,1 @@
+"""Query: the numbers tenants read, always through allow-listed dimensions and bound parameters."""

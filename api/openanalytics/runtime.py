@@ -1,0 +1,40 @@
+"""The stores a process works with, built once from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from openanalytics import migrations
+from openanalytics.config import Settings
+from openanalytics.stores.clickhouse import EventStore
+from openanalytics.stores.redis import make_redis
+from openanalytics.stores.sql import Database
+
+
+@dataclass
+class Stores:
+    settings: Settings
+    db: Database
+    redis: aioredis.Redis
+    events: EventStore
+
+    @classmethod
+    def open(cls, settings: Settings) -> "Stores":
+        if settings.database_url is None or settings.clickhouse_url is None:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(
+            settings=settings,
+            db=Database(settings.effective_database_url),
+            redis=make_redis(settings.redis_url),
+            events=EventStore(settings.effective_clickhouse_url),
+        )
+
+    def migrate_control_plane(self) -> None:
+        migrations.upgrade(self.db.engine)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        self.events.close()
+        self.db.dispose()

@@ -1,0 +1,65 @@
+"""Events store: ClickHouse over HTTP, or the same engine in-process through chdb.
+
+clickhouse-connect's client is synchronous (and chdb has no async client), so calls run
+in a thread pool; chdb allows one engine per process, so its calls are serialised on one
+thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+T = TypeVar("T")
+
+
+class EventStore:
+    def __init__(self, url: str):
+        self.url = url
+        self.embedded = url.startswith("chdb:")
+        if self.embedded:
+            self.client: Client = clickhouse_connect.get_client(dsn=url)
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
+        else:
+            # No server sessions: concurrent queries on one client must not share one.
+            self.client = clickhouse_connect.get_client(
+                dsn=url, autogenerate_session_id=False, connect_timeout=5, send_receive_timeout=60
+            )
+            self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="clickhouse")
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, partial(fn, *args, **kwargs))
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Synchronous call on the store's own thread (chdb must not run on two at once)."""
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    # -- synchronous primitives, meant to run through run()/call() --
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        return self.client.command(sql, parameters=parameters)
+
+    def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple]:
+        return self.client.query(sql, parameters=parameters).result_rows
+
+    def insert(
+        self, database: str, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], token: str
+    ) -> None:
+        # The token makes a retried insert of the same batch a no-op (see schema.py).
+        self.client.insert(
+            table, rows, column_names=list(columns), database=database, settings={"insert_deduplication_token": token}
+        )
+
+    def ping(self) -> bool:
+        return bool(self.client.ping()) if not self.embedded else self.rows("SELECT 1") == [(1,)]
+
+    def close(self) -> None:
+        self._pool.submit(self.client.close).result()
+        self._pool.shutdown(wait=True)

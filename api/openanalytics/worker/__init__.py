@@ -1,0 +1,1 @@
+"""The worker: drains the ingest stream into ClickHouse and keeps projects provisioned."""

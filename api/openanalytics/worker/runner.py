@@ -1,0 +1,81 @@
+"""The worker loop: provisioning catch-up and stream draining, with backoff on failures."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from openanalytics.cache import TTLCache
+from openanalytics.projects.models import Project
+from openanalytics.provisioning.events_schema import CURRENT_VERSION
+from openanalytics.provisioning.projects import provision_pending, provision_project
+from openanalytics.runtime import Stores
+from openanalytics.worker.flush import Flusher
+
+log = logging.getLogger(__name__)
+
+PROVISION_EVERY_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 30.0
+
+
+class Worker:
+    def __init__(self, stores: Stores, consumer: str | None = None):
+        self.stores = stores
+        self.flusher = Flusher(stores, consumer or stores.settings.worker_name, self.ensure_project)
+        self._ready: TTLCache[str, bool] = TTLCache(10.0)
+
+    def _ensure_project_sync(self, project_id: str) -> bool:
+        with self.stores.db.session() as session:
+            project = session.get(Project, project_id)
+        if project is None or not project.active:
+            return False
+        if project.events_schema_version < CURRENT_VERSION or project.events_ttl_days != project.retention_days:
+            self.stores.events.call(provision_project, self.stores.db, self.stores.events, project)
+        return True
+
+    async def ensure_project(self, project_id: str) -> bool:
+        hit, ready = self._ready.get(project_id)
+        if not hit:
+            ready = await asyncio.to_thread(self._ensure_project_sync, project_id)
+            self._ready.put(project_id, ready)
+        return bool(ready)
+
+    async def provision(self) -> list[str]:
+        return await asyncio.to_thread(provision_pending, self.stores.db, self.stores.events)
+
+    async def drain(self) -> int:
+        """Store everything on the stream now (shutdown, tests)."""
+        await self.flusher.ensure_group()
+        total = 0
+        while moved := await self.flusher.run_once(block_ms=0):
+            total += moved
+        return total
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.flusher.ensure_group()
+        backoff = 0.5
+        next_provision = 0.0
+        while not stop.is_set():
+            try:
+                if time.monotonic() >= next_provision:
+                    await self.provision()
+                    next_provision = time.monotonic() + PROVISION_EVERY_SECONDS
+                await self.flusher.run_once(block_ms=self.stores.settings.worker_block_ms)
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker iteration failed; retrying in %.1fs", backoff)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                except TimeoutError:
+                    pass
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                await self._recover_group()
+
+    async def _recover_group(self) -> None:
+        try:
+            await self.flusher.ensure_group()  # the stream may have been deleted (Redis restart)
+        except Exception:
+            log.debug("consumer group not recreated yet", exc_info=True)
