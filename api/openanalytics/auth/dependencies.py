@@ -81,9 +81,9 @@ def _load_project(stores: Stores, project_id: str) -> Project | None:
         return project if project is not None and project.active else None
 
 
-async def load_project(request: Request, project_id: str) -> Project:
+async def load_project(request: Request, project_id: str, fresh: bool = False) -> Project:
     cache: TTLCache[str, Project | None] = request.app.state.project_cache
-    hit, project = cache.get(project_id)
+    hit, project = (False, None) if fresh else cache.get(project_id)
     if not hit:
         project = await run_in_threadpool(_load_project, stores_of(request), project_id)
         cache.put(project_id, project)

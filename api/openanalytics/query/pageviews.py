@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from openanalytics.auth.dependencies import StatsRead, stores_of
+from openanalytics.auth.dependencies import StatsRead, load_project, stores_of
 from openanalytics.errors import BadRequest
 from openanalytics.openapi import error_responses
 from openanalytics.provisioning.events_schema import database_name
@@ -104,6 +104,8 @@ async def pageviews(
         project_id=project.id, date_from=date_from, date_to=date_to, group_by=group_by,
         totals=Counts(pageviews=0, visitors=0, events=0), results=[],
     )
+    if project.events_schema_version == 0:
+        project = await load_project(request, project.id, fresh=True)  # the cached row may predate provisioning
     if project.events_schema_version == 0:
         # Not provisioned yet, so nothing can have been stored.
         return fill_days(result) if group_by is GroupBy.day else result

@@ -90,7 +90,10 @@ class Flusher:
         )
         if claimed[1]:
             return claimed[1]
-        new = await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=self.batch_size, block=block_ms)
+        # BLOCK 0 would wait forever, so 0 here means "do not block".
+        new = await self.redis.xreadgroup(
+            GROUP, self.consumer, {self.stream: ">"}, count=self.batch_size, block=block_ms or None
+        )
         return new[0][1] if new else []
 
     async def run_once(self, block_ms: int = 0) -> int:

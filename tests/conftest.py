@@ -1,0 +1,123 @@
+"""Fixtures: the same tests run on the embedded stores and on the server stores.
+
+- embedded: SQLite, fakeredis, chdb in-process (one data directory for the session:
+  chdb allows one per process; every test uses fresh projects, hence fresh databases).
+- server: PostgreSQL (a throwaway database), Redis (database 9, flushed per test) and
+  ClickHouse over HTTP (clickhouse-connect's HTTP client against tests/support/clickhouse_http).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import redis
+import sqlalchemy as sa
+
+from openanalytics import migrations
+from openanalytics.app import create_app
+from openanalytics.auth.keys import issue_key
+from openanalytics.config import Settings
+from openanalytics.projects.service import create_project
+from openanalytics.runtime import Stores
+from openanalytics.stores.clickhouse import EventStore
+from openanalytics.stores.redis import make_redis
+from openanalytics.stores.sql import Database
+from openanalytics.worker.runner import Worker
+from tests.support import clickhouse_http
+
+PG_ADMIN_URL = os.environ.get("OA_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("OA_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+
+
+@pytest.fixture(scope="session")
+def embedded_backends(tmp_path_factory) -> Iterator[tuple[Database, EventStore]]:
+    root = tmp_path_factory.mktemp("embedded")
+    db = Database(f"sqlite:///{root / 'control.sqlite3'}")
+    migrations.upgrade(db.engine)
+    events = EventStore(f"chdb://{root / 'clickhouse'}")
+    yield db, events
+    events.close()
+    db.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    name = f"oa_test_{secrets.token_hex(4)}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_url(tmp_path_factory) -> Iterator[str]:
+    url, proc = clickhouse_http.start(str(tmp_path_factory.mktemp("chhttp")))
+    yield url
+    clickhouse_http.stop(proc)
+
+
+@pytest.fixture(scope="session")
+def server_backends(postgres_url, clickhouse_url) -> Iterator[tuple[Database, EventStore]]:
+    db = Database(postgres_url)
+    migrations.upgrade(db.engine)
+    events = EventStore(clickhouse_url)
+    yield db, events
+    events.close()
+    db.dispose()
+
+
+@pytest.fixture(params=["embedded", pytest.param("server", marks=pytest.mark.server_stores)])
+async def stores(request, tmp_path) -> AsyncIterator[Stores]:
+    settings = Settings(data_dir=tmp_path, worker_claim_idle_ms=1000, cache_ttl_seconds=1.0)
+    if request.param == "embedded":
+        db, events = request.getfixturevalue("embedded_backends")
+        hot = make_redis(None)
+    else:
+        db, events = request.getfixturevalue("server_backends")
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        hot = make_redis(REDIS_URL)
+    yield Stores(settings=settings, db=db, redis=hot, events=events)
+    await hot.aclose()
+
+
+@pytest.fixture
+async def client(stores) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(stores)
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 51000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+class Tenant:
+    """A project with a key, and helpers to talk to the API as its owner."""
+
+    def __init__(self, stores: Stores, plan: str = "business", domains: list[str] | None = None, scopes=None):
+        with stores.db.session() as session:
+            self.project = create_project(session, f"tenant {secrets.token_hex(3)}", plan, domains)
+            self.key = issue_key(session, self.project.id, "test", scopes)
+        self.id = self.project.id
+        self.site_id = self.project.site_id
+        self.secret = self.key.secret
+        self.headers = {"Authorization": f"Bearer {self.secret}"}
+
+
+@pytest.fixture
+def tenant(stores) -> Tenant:
+    return Tenant(stores)
+
+
+@pytest.fixture
+def make_tenant(stores):
+    return lambda **kwargs: Tenant(stores, **kwargs)
+
+
+@pytest.fixture
+def worker(stores) -> Worker:
+    return Worker(stores, consumer="test-worker")

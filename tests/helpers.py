@@ -1,0 +1,32 @@
+"""Small helpers shared by tests."""
+
+from __future__ import annotations
+
+from openanalytics.provisioning.events_schema import database_name
+from openanalytics.runtime import Stores
+
+
+async def stored_rows(stores: Stores, project_id: str, columns: str = "*") -> list[tuple]:
+    """Rows in the project's events table (empty when it has never been provisioned)."""
+    exists = await stores.events.run(
+        stores.events.rows,
+        "SELECT count() FROM system.tables WHERE database = {db:String} AND name = 'events'",
+        {"db": database_name(project_id)},
+    )
+    if exists[0][0] == 0:
+        return []
+    return await stores.events.run(stores.events.rows, f"SELECT {columns} FROM {database_name(project_id)}.events")
+
+
+async def stream_length(stores: Stores) -> int:
+    return await stores.redis.xlen(stores.settings.stream_key)
+
+
+def assert_error(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "message"}, body
+    assert isinstance(body["message"], str) and body["message"]
+    if code is not None:
+        assert body["error"] == code, body
+    return body
