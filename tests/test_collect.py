@@ -1,0 +1,115 @@
+"""`POST /collect`: silent 204 for everything, and good hits stored with privacy-safe ids."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from tests.helpers import stored_rows, stream_length
+
+PAGE = "https://shop.example/pricing?utm_source=newsletter&utm_medium=email"
+
+
+def hit(site_id: str, **extra) -> dict:
+    return {"site_id": site_id, "url": PAGE, **extra}
+
+
+def assert_silent(response) -> None:
+    assert response.status_code == 204
+    assert response.content == b""
+    assert response.headers.get("access-control-allow-origin") == "*"
+
+
+async def test_pageview_is_stored_with_enrichment(client, stores, worker, make_tenant):
+    tenant = make_tenant(domains=["shop.example"])
+    headers = {"User-Agent": "Mozilla/5.0 Firefox/130.0", "Accept-Language": "de-DE", "Content-Type": "text/plain"}
+    for _ in range(2):
+        body = orjson.dumps(hit(tenant.site_id, referrer="https://news.example/", screen_width=1440))
+        assert_silent(await client.post("/collect", content=body, headers=headers))
+    await worker.drain()
+    rows = await stored_rows(stores, tenant.id, "event_type, hostname, path, utm_source, utm_medium, referrer, screen_width, visitor_id, session_id, origin")
+    assert len(rows) == 2
+    first, second = rows
+    assert first[:7] == ("pageview", "shop.example", "/pricing", "newsletter", "email", "https://news.example/", 1440)
+    assert first[7] != 0 and first[7] == second[7], "same browser, same day: same visitor"
+    assert first[8] != 0 and first[8] == second[8], "within 30 minutes: same session"
+    assert first[9] == "collect"
+
+
+async def test_visitor_id_never_contains_the_ip(client, stores, worker, tenant):
+    await client.post("/collect", json=hit(tenant.site_id), headers={"User-Agent": "UA"})
+    await worker.drain()
+    (row,) = await stored_rows(stores, tenant.id)
+    text = repr(row)
+    assert "203.0.113" not in text and "UA" not in text.replace("UAH", "")
+
+
+async def test_batch_of_hits(client, stores, worker, tenant):
+    batch = [hit(tenant.site_id), hit(tenant.site_id, event_type="event", event_name="signup")]
+    assert_silent(await client.post("/collect", json=batch))
+    await worker.drain()
+    assert sorted(r[0] for r in await stored_rows(stores, tenant.id, "event_type")) == ["event", "pageview"]
+
+
+def bad_inputs(site_id: str) -> dict[str, tuple[bytes, dict]]:
+    json_ct = {"Content-Type": "application/json"}
+    return {
+        "malformed json": (b'{"site_id": ', json_ct),
+        "not json at all": (b"\x00\xff\xfe garbage", {"Content-Type": "text/plain"}),
+        "empty body": (b"", json_ct),
+        "json scalar": (b"42", json_ct),
+        "json null": (b"null", json_ct),
+        "empty array": (b"[]", json_ct),
+        "array of strings": (b'["a", "b"]', json_ct),
+        "unknown site": (orjson.dumps(hit("site_doesnotexist00")), json_ct),
+        "missing site_id": (orjson.dumps({"url": PAGE}), json_ct),
+        "site_id wrong type": (orjson.dumps({"site_id": 12345, "url": PAGE}), json_ct),
+        "url wrong type": (orjson.dumps(hit(site_id, url=["x"])), json_ct),
+        "relative url": (orjson.dumps(hit(site_id, url="/x")), json_ct),
+        "unknown event_type": (orjson.dumps(hit(site_id, event_type="click")), json_ct),
+        "event without name": (orjson.dumps(hit(site_id, event_type="event")), json_ct),
+        "nested properties": (orjson.dumps(hit(site_id, properties={"a": {"b": 1}})), json_ct),
+        "timestamp as text": (orjson.dumps(hit(site_id, timestamp="now")), json_ct),
+        "huge body": (orjson.dumps(hit(site_id, properties={"p": "x" * 200_000})), json_ct),
+        "too many in a batch": (orjson.dumps([hit(site_id)] * 51), json_ct),
+        "disallowed domain": (orjson.dumps(hit(site_id, url="https://evil.example/")), json_ct),
+        "deeply nested json": (b"[" * 5000 + b"]" * 5000, json_ct),
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_inputs("x")))
+async def test_bad_input_is_silently_ignored(client, stores, worker, make_tenant, case):
+    tenant = make_tenant(domains=["shop.example"])
+    body, headers = bad_inputs(tenant.site_id)[case]
+    assert_silent(await client.post("/collect", content=body, headers=headers))
+    assert await stream_length(stores) == 0
+    await worker.drain()
+    assert await stored_rows(stores, tenant.id) == []
+
+
+async def test_lying_content_length_is_silently_ignored(client, stores, tenant):
+    body = orjson.dumps(hit(tenant.site_id))
+    response = await client.post("/collect", content=body, headers={"Content-Length": "99999999"})
+    assert_silent(response)
+    assert await stream_length(stores) == 0
+
+
+async def test_one_bad_hit_in_a_batch_drops_only_itself(client, stores, worker, tenant):
+    batch = [hit(tenant.site_id), hit(tenant.site_id, event_type="nonsense"), {"site_id": "site_unknown"}]
+    assert_silent(await client.post("/collect", json=batch))
+    await worker.drain()
+    assert len(await stored_rows(stores, tenant.id)) == 1
+
+
+async def test_preflight(client):
+    response = await client.options("/collect", headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"})
+    assert response.status_code == 204
+    assert "POST" in response.headers["access-control-allow-methods"]
+
+
+async def test_store_failure_is_still_204(client, stores, tenant, monkeypatch):
+    async def broken(*args, **kwargs):
+        raise ConnectionError("redis down")
+
+    monkeypatch.setattr("openanalytics.ingest.buffer.append", broken)
+    assert_silent(await client.post("/collect", json=hit(tenant.site_id)))
