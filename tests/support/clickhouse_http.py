@@ -1,36 +1,29 @@
-"""A small ClickHouse HTTP interface emulator backed by the chdb engine.
+"""A small emulator of the ClickHouse HTTP interface, backed by the chdb engine.
 
-It lets tests drive clickhouse-connect's real HTTP client code path
-(``clickhouse_connect.get_client(dsn=url)``) without a ClickHouse server.
-Run it in its own process: chdb hosts one engine (one data dir) per process.
+Lets tests drive clickhouse-connect's real HTTP client (``get_client(dsn=url)``)
+without a ClickHouse server. It runs in its own process because chdb hosts one
+engine (one data dir) per process:
 
     python -m tests.support.clickhouse_http --port 0 --path DIR
     -> prints ``LISTENING http://127.0.0.1:PORT`` once ready
 
-Supported:
-- GET/POST on ``/`` (SQL from the ``query`` URL param, a newline, then the
-  body, as ClickHouse does), ``/ping`` and an empty query answer ``Ok.``
-- multipart/form-data requests carrying ``query`` and ``param_*`` fields
-- ``INSERT ... [SETTINGS ...] FORMAT X`` with the data in the body (any
-  input format chdb reads); other INSERTs run as plain SQL
-- ``param_<name>`` query parameters, ``database``, ``default_format``
-- every other URL param is applied as a ClickHouse setting for that request
-  only; GET requests get ``readonly=2`` unless readonly is given
-- request bodies with Content-Encoding lz4, zstd, gzip, deflate, br (when
-  brotli is installed); chunked request bodies
-- the response headers clickhouse-connect reads (X-ClickHouse-Summary,
-  -Query-Id, -Timezone, -Server-Display-Name, -Format, -Exception-Code) and
-  ClickHouse's exception text and HTTP status codes (subset of the mapping)
+Supported: GET/POST ``/`` with the SQL in the ``query`` URL param, a newline,
+then the body (as ClickHouse joins them); ``/ping`` and an empty query answer
+``Ok.``; multipart/form-data ``query``/``param_*`` fields (clickhouse-connect's
+form encoding); ``INSERT ... [SETTINGS ...] FORMAT X`` with the data in the
+body; ``param_<name>`` query parameters, ``database``, ``default_format``; all
+other URL params are ClickHouse settings for that request only (GET adds
+``readonly=2`` like ClickHouse); request bodies chunked and/or compressed with
+lz4, zstd, gzip, deflate (br if brotli is installed); the headers
+clickhouse-connect reads (X-ClickHouse-Summary/-Query-Id/-Timezone/-Format/
+-Exception-Code) and ClickHouse's error text and main HTTP status codes.
 
-Not supported:
-- sessions: each request runs on a fresh chdb connection, so SET, USE and
-  temporary tables do not outlive the request (session_id is ignored)
-- authentication (user/password are ignored), external data tables,
-  ``decompress=1`` (ClickHouse-native compressed bodies), response
-  compression (responses are plain; clickhouse-connect accepts that),
-  progress headers, streaming (results are buffered), ``client_protocol_version``
-  (the client's probe then falls back to protocol 0, as with an old server)
-- queries run one at a time: chdb engine calls are serialized by a lock
+Not supported: sessions (each request gets a fresh chdb connection, so SET, USE
+and temporary tables end with the request; session_id is ignored), auth
+(user/password are ignored), external data tables, ``decompress=1``,
+compressed responses (sent plain; clickhouse-connect accepts that), progress
+headers, streaming (results are buffered), ``client_protocol_version`` (the
+client's probe then falls back to protocol 0). Queries run one at a time.
 """
 
 from __future__ import annotations
@@ -58,45 +51,40 @@ from urllib.parse import parse_qsl, urlsplit
 import chdb
 import lz4.frame
 
-try:  # zstd ships with clickhouse-connect: stdlib on 3.14+, backports.zstd before
+try:  # zstd comes with clickhouse-connect: stdlib on 3.14+, backports.zstd before
     from compression import zstd
 except ImportError:
     from backports import zstd
 
-# chdb's engine is not safe for concurrent calls, so every call takes this lock.
+# chdb's engine must not be called concurrently, so every call takes this lock.
 ENGINE_LOCK = threading.Lock()
 
 # URL params the HTTP layer consumes itself; they are not engine settings.
 TRANSPORT_PARAMS = {
-    "query", "database", "default_format", "user", "password", "quota_key", "role",
-    "session_id", "session_timeout", "session_check", "close_session", "query_id",
-    "compress", "decompress", "enable_http_compression",
-    "wait_end_of_query", "buffer_size", "send_progress_in_http_headers",
+    "query", "database", "default_format", "user", "password", "quota_key", "role", "session_id",
+    "session_timeout", "session_check", "close_session", "query_id", "compress", "decompress",
+    "enable_http_compression", "wait_end_of_query", "buffer_size", "send_progress_in_http_headers",
     "http_headers_progress_interval_ms", "client_protocol_version", "stacktrace",
 }
-
-# ClickHouse's exceptionCodeToHTTPStatus, by error name (subset; the rest is 500).
+# The main cases of ClickHouse's exceptionCodeToHTTPStatus, by error name; the rest is 500.
 HTTP_STATUS = {
     400: {"BAD_ARGUMENTS", "SYNTAX_ERROR", "TYPE_MISMATCH", "INCORRECT_DATA", "CANNOT_PARSE_TEXT",
           "CANNOT_PARSE_DATE", "CANNOT_PARSE_DATETIME", "CANNOT_PARSE_NUMBER", "CANNOT_PARSE_UUID",
-          "CANNOT_PARSE_INPUT_ASSERTION_FAILED", "DUPLICATE_COLUMN", "ILLEGAL_COLUMN",
-          "THERE_IS_NO_COLUMN", "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE"},
-    403: {"ACCESS_DENIED", "UNKNOWN_USER", "WRONG_PASSWORD", "AUTHENTICATION_FAILED"},
+          "CANNOT_PARSE_INPUT_ASSERTION_FAILED", "ILLEGAL_COLUMN", "THERE_IS_NO_COLUMN"},
     404: {"UNKNOWN_TABLE", "UNKNOWN_FUNCTION", "UNKNOWN_IDENTIFIER", "UNKNOWN_TYPE", "UNKNOWN_STORAGE",
           "UNKNOWN_DATABASE", "UNKNOWN_SETTING", "UNKNOWN_FORMAT", "UNKNOWN_AGGREGATE_FUNCTION"},
     501: {"NOT_IMPLEMENTED"},
 }
-
-# INSERT INTO t [(cols)] [SETTINGS ...] FORMAT X, then ClickHouse skips blanks
-# and one line break before the data (binary data may itself start with \n).
+# INSERT INTO t [(cols)] [SETTINGS ...] FORMAT X; ClickHouse then skips blanks and
+# one line break before the data (binary data may itself start with \n).
 NAME = rb'(?:`[^`]*`|"[^"]*"|[\w.])+'
 INSERT_RE = re.compile(
     rb"\s*(INSERT\s+INTO\s+(?:TABLE\s+)?" + NAME + rb"\s*(?:\([^)]*\))?)\s*(SETTINGS\s.*?)?"
     rb"\s*FORMAT\s+(\w+)[ \t\f]*\r?\n?", re.IGNORECASE | re.DOTALL)
 TRAILING_FORMAT_RE = re.compile(rb"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
+SETTING_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CONTENT_TYPES = {"Native": "application/octet-stream", "RowBinary": "application/octet-stream",
                  "JSON": "application/json; charset=UTF-8", "TabSeparated": "text/tab-separated-values; charset=UTF-8"}
-SETTING_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class ClickHouseError(Exception):
@@ -126,12 +114,11 @@ def decompress(data: bytes, encoding: str) -> bytes:
 
 
 def form_fields(content_type: str, body: bytes) -> dict[str, str]:
-    """Plain fields of a multipart/form-data body (clickhouse-connect's form encoding)."""
     msg = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
     fields = {}
     for part in msg.iter_parts():
         if part.get_filename():
-            raise ClickHouseError(48, "External data tables are not supported by this emulator", "NOT_IMPLEMENTED")
+            raise ClickHouseError(48, "External data is not supported by this emulator", "NOT_IMPLEMENTED")
         fields[part.get_param("name", header="content-disposition")] = part.get_payload(decode=True).decode()
     return fields
 
@@ -141,29 +128,29 @@ def run(path: str, sql: bytes, params: dict[str, str], method: str) -> tuple[byt
     settings = {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")}
     if method == "GET":
         settings.setdefault("readonly", "2")  # ClickHouse allows only reads over GET
-    # ClickHouse applies URL settings as one batch; readonly goes last so it
-    # does not block the settings listed after it.
+    # ClickHouse applies URL settings as one batch: readonly goes last so it
+    # does not reject the settings after it.
     names = sorted(settings, key=lambda k: k == "readonly")
-    bad = [k for k in names if not SETTING_NAME_RE.match(k)]
-    if bad:
-        raise ClickHouseError(115, f"Unknown setting '{bad[0]}'", "UNKNOWN_SETTING")
+    for name in names:
+        if not SETTING_NAME_RE.match(name):
+            raise ClickHouseError(115, f"Unknown setting '{name}'", "UNKNOWN_SETTING")
     query_params = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
     insert = INSERT_RE.match(sql)
     infile = None
-    if insert:  # chdb takes INSERT data from a file, like its own clickhouse-connect backend
+    if insert:  # chdb reads INSERT data from a file, as clickhouse-connect's chdb backend does
         with tempfile.NamedTemporaryFile(suffix=".data", delete=False) as tmp:
             tmp.write(sql[insert.end():])
         infile = tmp.name
         head, clause, fmt = (g.decode() if g else "" for g in insert.groups())
         sql = f"{head} FROM INFILE {quote(infile)} {clause} FORMAT {fmt}".encode()
     explicit = TRAILING_FORMAT_RE.search(sql)
-    fmt = explicit.group(1).decode() if explicit else params.get("default_format", "TabSeparated")
-    # Like chdb_backend: with names, a result-producing statement always
-    # emits a line, so an empty body means "no result set" (no Format header).
+    fmt = explicit.group(1).decode() if explicit else params.get("default_format") or "TabSeparated"
+    # As in clickhouse-connect's chdb backend: with names, a statement with a result
+    # set always emits a line, so an empty body means no result (no Format header).
     probe = not insert and not explicit and fmt in ("TabSeparated", "TSV")
     try:
         with ENGINE_LOCK:
-            conn = chdb.connect(path)  # fresh handle: SET/USE stay per request
+            conn = chdb.connect(path)  # a fresh handle, so SET and USE last one request
             try:
                 if params.get("database"):
                     conn.query(f"USE `{params['database'].replace('`', '``')}`", "TabSeparated")
@@ -188,27 +175,21 @@ def run(path: str, sql: bytes, params: dict[str, str], method: str) -> tuple[byt
 
 
 class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as urllib3's pool expects
+    protocol_version = "HTTP/1.1"  # keep-alive, which urllib3's pool expects
 
     def log_message(self, *args):  # quiet: nobody reads the server's stderr
         pass
 
-    def do_GET(self):
-        self.handle_query("GET")
-
-    def do_POST(self):
-        self.handle_query("POST")
-
     def read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []  # http.server does not decode chunked bodies (urllib3 sends generators so)
-            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline().strip():  # trailers
-                pass
-            return b"".join(chunks)
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        chunks = []  # http.server leaves chunked bodies (urllib3 sends generators so) to us
+        while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+        while self.rfile.readline().strip():  # trailers
+            pass
+        return b"".join(chunks)
 
     def reply(self, status: int, body: bytes, headers: dict[str, str]):
         self.send_response(status)
@@ -218,18 +199,19 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def handle_query(self, method: str):
+    def do_POST(self):
         url = urlsplit(self.path)
         params = dict(parse_qsl(url.query, keep_blank_values=True))
-        query_id = params.get("query_id") or str(uuid.uuid4())
-        headers = {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Server-Display-Name": "chdb-http",
+        headers = {"X-ClickHouse-Query-Id": params.get("query_id") or str(uuid.uuid4()),
+                   "X-ClickHouse-Server-Display-Name": "chdb-http",
                    "X-ClickHouse-Timezone": params.get("session_timezone") or self.server.timezone}
+        ok = {"Content-Type": "text/html; charset=UTF-8"}
         try:
             body = self.read_body()
             if url.path.rstrip("/") == "/ping":
-                return self.reply(200, b"Ok.\n", {"Content-Type": "text/html; charset=UTF-8"})
+                return self.reply(200, b"Ok.\n", ok)
             if url.path.rstrip("/"):
-                return self.reply(404, f"There is no handle {url.path}\n".encode(), {"Content-Type": "text/plain"})
+                return self.reply(404, f"There is no handle {url.path}\n".encode(), ok)
             if params.get("decompress", "0") not in ("", "0"):
                 raise ClickHouseError(48, "decompress=1 is not supported by this emulator", "NOT_IMPLEMENTED")
             body = decompress(body, self.headers.get("Content-Encoding", "").lower())
@@ -238,15 +220,15 @@ class Handler(BaseHTTPRequestHandler):
                 body = b""
             sql = (params["query"].encode() + b"\n" if params.get("query") else b"") + body
             if not sql.strip():
-                return self.reply(200, b"Ok.\n", {"Content-Type": "text/html; charset=UTF-8"})
-            data, fmt, summary = run(self.server.data_path, sql, params, method)
-        except Exception as ex:  # chdb raises ChdbError with ClickHouse's exception text
+                return self.reply(200, b"Ok.\n", ok)
+            data, fmt, summary = run(self.server.data_path, sql, params, self.command)
+        except Exception as ex:  # chdb raises ChdbError carrying ClickHouse's exception text
             text = str(ex)
             text = text[text.find("Code: "):] if "Code: " in text else f"Code: 1001. DB::Exception: {text}. (STD_EXCEPTION)"
-            code = re.match(r"Code: (\d+)", text).group(1)
             name = re.search(r"\((\w+)\)\s*$", text)
             status = next((s for s, names in HTTP_STATUS.items() if name and name.group(1) in names), 500)
-            headers.update({"X-ClickHouse-Exception-Code": code, "Content-Type": "text/plain; charset=UTF-8"})
+            headers["X-ClickHouse-Exception-Code"] = re.match(r"Code: (\d+)", text).group(1)
+            headers["Content-Type"] = "text/plain; charset=UTF-8"
             return self.reply(status, f"{text.strip()} (version {self.server.version})\n".encode(), headers)
         headers["X-ClickHouse-Summary"] = json.dumps(summary)
         if fmt:
@@ -254,18 +236,20 @@ class Handler(BaseHTTPRequestHandler):
         headers["Content-Type"] = CONTENT_TYPES.get(fmt, "text/plain; charset=UTF-8")  # clickhouse-connect ignores it
         self.reply(200, data, headers)
 
+    do_GET = do_POST  # run() tells them apart by self.command
+
 
 def serve(path: str, port: int) -> None:
     os.makedirs(path, exist_ok=True)
-    # A handle held open for the server's life keeps the engine up; per-request
-    # handles then cost ~1 ms instead of an engine start each.
+    # A handle held for the server's life keeps the engine up, so per-request
+    # handles cost ~1 ms instead of an engine start each.
     anchor = chdb.connect(path)
     version, timezone = anchor.query("SELECT version(), timezone()", "TabSeparated").bytes().decode().split()
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.data_path, server.version, server.timezone = path, version, timezone
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"LISTENING http://127.0.0.1:{server.server_address[1]}", flush=True)
-    os.dup2(2, 1)  # later stdout output goes to stderr: nobody reads the stdout pipe any more
+    os.dup2(2, 1)  # nobody reads the stdout pipe after this line; stray output goes to stderr
     try:
         server.serve_forever()
     finally:
@@ -275,15 +259,13 @@ def serve(path: str, port: int) -> None:
 
 
 def start(path: str, timeout: float = 30.0) -> tuple[str, subprocess.Popen]:
-    """Launch the server in a subprocess on a free port; returns (url, process)."""
-    root = Path(__file__).resolve().parents[2]
-    log = tempfile.TemporaryFile()  # a file, not a pipe: an unread pipe could block the server
+    """Launch the server on a free port in a subprocess; returns (url, process)."""
+    log = tempfile.TemporaryFile()  # a file, not a pipe: an unread pipe can block the server
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.support.clickhouse_http", "--port", "0", "--path", path],
-        cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+        cwd=Path(__file__).resolve().parents[2], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
     proc.log = log
-    deadline = time.monotonic() + timeout
-    line = b""
+    deadline, line = time.monotonic() + timeout, b""
     while time.monotonic() < deadline and proc.poll() is None:
         if select.select([proc.stdout], [], [], 0.1)[0]:
             line = proc.stdout.readline()
@@ -304,8 +286,7 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
         proc.wait()
     proc.stdout.close()
-    if hasattr(proc, "log"):
-        proc.log.close()
+    proc.log.close()
 
 
 if __name__ == "__main__":
