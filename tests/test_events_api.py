@@ -40,7 +40,7 @@ async def test_seed_event_round_trip(client, tenant, worker, stores):
     )
     assert query.status_code == 200, query.text
     result = query.json()
-    assert result["totals"] == {"pageviews": 0, "visitors": 0, "events": 1}
+    assert result["totals"] == {"pageviews": 0, "visitors": 0, "events": 1}  # visitors count pageviews only
     assert result["results"] == [{"path": "/thanks", "pageviews": 0, "visitors": 0, "events": 1}]
 
 
@@ -63,7 +63,10 @@ async def test_pageviews_by_path_and_day_with_known_answers(client, tenant, work
     params = {"from": first.isoformat(), "to": (first + timedelta(days=2)).isoformat()}
     by_path = (await client.get(f"/v1/projects/{tenant.id}/pageviews", params={**params, "group_by": "path"}, headers=tenant.headers)).json()
     assert by_path["totals"]["pageviews"] == 5 and by_path["totals"]["events"] == 6
-    assert [(r["path"], r["pageviews"], r["events"]) for r in by_path["results"]] == [("/", 3, 3), ("/pricing", 2, 3)]
+    assert [(r["path"], r["pageviews"], r["visitors"], r["events"]) for r in by_path["results"]] == [
+        ("/", 3, 1, 3),  # one user_id: one visitor
+        ("/pricing", 2, 0, 3),  # no user_id on server-side events: no visitor to count
+    ]
 
     by_day = (await client.get(f"/v1/projects/{tenant.id}/pageviews", params={**params, "group_by": "day"}, headers=tenant.headers)).json()
     assert [(r["day"], r["pageviews"], r["events"]) for r in by_day["results"]] == [

@@ -13,6 +13,7 @@ from openanalytics.errors import BadRequest
 from openanalytics.ingest import buffer
 from openanalytics.ingest.rows import event_row
 from openanalytics.ingest.schemas import EventIn, EventsQueued
+from openanalytics.ingest.visitor import user_visitor_hash
 from openanalytics.openapi import error_responses
 
 router = APIRouter(tags=["Events"])
@@ -57,5 +58,8 @@ async def send_events(
     now_ms = int(time.time() * 1000)
     check_timestamps(events, access.project.retention_days, now_ms)
     rows = [event_row(access.project.id, event, now_ms, "server") for event in events]
+    for row in rows:
+        if row["user_id"]:
+            row["visitor_id"] = user_visitor_hash(access.project.id, row["user_id"])
     await buffer.append(stores.redis, stores.settings.stream_key, rows)
     return EventsQueued(count=len(rows), event_ids=[row["event_id"] for row in rows])

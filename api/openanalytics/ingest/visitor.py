@@ -52,6 +52,12 @@ def visitor_hash(salt: bytes, project_id: str, user_agent: str, accept_language:
     return int.from_bytes(digest, "big") or 1
 
 
+def user_visitor_hash(project_id: str, user_id: str) -> int:
+    """Server-side events name their user; the visitor is that user, stable across days."""
+    digest = hashlib.blake2b(f"{project_id}\x1f{user_id}".encode(), digest_size=8, person=b"oa-user").digest()
+    return int.from_bytes(digest, "big") or 1
+
+
 def today(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).strftime("%Y-%m-%d")
 

@@ -1,0 +1,33 @@
+"""The served spec: OpenAPI 3.1, every /v1 route documented with its errors and the bearer scheme."""
+
+from __future__ import annotations
+
+
+async def test_openapi_is_3_1_with_bearer_and_error_schema(client):
+    spec = (await client.get("/openapi.json")).json()
+    assert spec["openapi"].startswith("3.1")
+    schemes = spec["components"]["securitySchemes"]
+    assert any(s["type"] == "http" and s["scheme"] == "bearer" for s in schemes.values())
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert operation.get("summary"), (method, path)
+            assert "422" not in operation["responses"], "validation errors are answered 400"
+            if path.startswith("/v1"):
+                assert operation.get("security"), (method, path)
+                for status in ("401", "403"):
+                    ref = operation["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+                    assert ref.endswith("/ErrorBody"), (method, path, status)
+    assert {"/collect", "/v1/projects", "/v1/projects/{project_id}", "/v1/projects/{project_id}/events",
+            "/v1/projects/{project_id}/pageviews", "/healthz", "/readyz"} <= set(spec["paths"])
+
+
+async def test_interactive_docs_are_served(client):
+    response = await client.get("/docs")
+    assert response.status_code == 200 and "swagger" in response.text.lower()
+
+
+async def test_unknown_route_and_method_use_the_error_shape(client, tenant):
+    missing = await client.get("/v1/nothing-here", headers=tenant.headers)
+    assert missing.status_code == 404 and set(missing.json()) == {"error", "message"}
+    wrong = await client.delete("/v1/projects", headers=tenant.headers)
+    assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
