@@ -10,7 +10,9 @@ fi
 stamp="$VENV/.oa-installed"
 want="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)-$1"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c "$ROOT/constraints.txt" -e "$ROOT[$1]"
+  target="$ROOT"
+  [ -n "$1" ] && target="$ROOT[$1]"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c "$ROOT/constraints.txt" -e "$target"
   echo "$want" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
