@@ -48,7 +48,7 @@ def looks_like_key(secret: str) -> bool:
 
 def parse_scopes(scopes: list[str] | None) -> list[str]:
     if not scopes:
-        return [s.value for s in DEFAULT_SCOPES]
+        return sorted(s.value for s in DEFAULT_SCOPES)
     known = {s.value for s in Scope}
     unknown = sorted(set(scopes) - known)
     if unknown:
