@@ -170,3 +170,49 @@ def test_serve_and_worker_against_server_stores(tmp_path, postgres_url, clickhou
     finally:
         assert stop(worker) == 0, (tmp_path / "worker.log").read_text()
         stop(api)
+
+
+@pytest.mark.server_stores
+def test_worker_killed_between_insert_and_ack_stores_exactly_once(tmp_path, postgres_url, clickhouse_url):
+    import redis
+
+    from openanalytics.provisioning.events_schema import database_name
+
+    redis_url = "redis://127.0.0.1:6379/11"
+    redis.Redis.from_url(redis_url).flushdb()
+    env = clean_env(OA_DATABASE_URL=postgres_url, OA_REDIS_URL=redis_url, OA_CLICKHOUSE_URL=clickhouse_url,
+                    OA_WORKER_NAME="worker-0")
+    project = cli(env, "projects", "create", "--name", "Crash", "--plan", "pro")
+    key = cli(env, "keys", "create", "--project", project["id"])
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    api = start(env, "serve", "--port", str(port), log=tmp_path / "serve.log")
+    try:
+        wait_ready(base, api, tmp_path / "serve.log")
+        events = [{"event_type": "pageview", "url": f"https://a.example/{i}"} for i in range(25)]
+        sent = httpx.post(f"{base}/v1/projects/{project['id']}/events", json=events,
+                          headers={"Authorization": f"Bearer {key['secret']}"})
+        assert sent.status_code == 202
+    finally:
+        stop(api)
+
+    died = subprocess.run([sys.executable, "-m", "tests.support.dying_worker"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert died.returncode == 137, died.stderr
+
+    import clickhouse_connect
+
+    count = f"SELECT count() FROM {database_name(project['id'])}.events"
+    client = clickhouse_connect.get_client(dsn=clickhouse_url, autogenerate_session_id=False)
+    assert client.command(count) == 25, "the dying worker inserted before it died"
+
+    worker = start(env, "worker", log=tmp_path / "worker.log")  # restarted under the same name
+    try:
+        hot = redis.Redis.from_url(redis_url)
+        deadline = time.monotonic() + 15
+        while hot.xpending("oa:events", "oa-workers")["pending"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert hot.xpending("oa:events", "oa-workers")["pending"] == 0
+    finally:
+        assert stop(worker) == 0
+    assert client.command(count) == 25
