@@ -105,13 +105,14 @@ def set_retention(store: EventStore, project_id: str, retention_days: int) -> No
     store.command(f"ALTER TABLE {db}.events MODIFY TTL toDateTime(timestamp) + INTERVAL {int(retention_days)} DAY")
 
 
-def table_ttl(store: EventStore, project_id: str) -> str:
+def ttl_days(store: EventStore, project_id: str) -> int | None:
+    """The retention the events table really has, read back from ClickHouse."""
     rows = store.rows(
         "SELECT create_table_query FROM system.tables WHERE database = {db:String} AND name = 'events'",
         {"db": database_name(project_id)},
     )
-    match = re.search(r"TTL (.+?)(?: SETTINGS|$)", rows[0][0]) if rows else None
-    return match.group(1).strip() if match else ""
+    match = re.search(r"TTL toDateTime\(timestamp\) \+ toIntervalDay\((\d+)\)", rows[0][0]) if rows else None
+    return int(match.group(1)) if match else None
 
 
 def drop_project_database(store: EventStore, project_id: str) -> None:

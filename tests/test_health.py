@@ -1,0 +1,29 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import httpx
+
+from openanalytics.app import create_app
+from openanalytics.runtime import Stores
+from openanalytics.stores.redis import make_redis
+
+
+async def test_ready_when_all_three_stores_answer(client):
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok", "clickhouse": "ok"}}
+
+
+async def test_not_ready_when_redis_is_unreachable(stores):
+    dead = make_redis("redis://127.0.0.1:1/0")
+    broken = Stores(settings=stores.settings, db=stores.db, redis=dead, events=stores.events)
+    transport = httpx.ASGITransport(app=create_app(broken))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        response = await http.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable" and body["checks"]["redis"].startswith("error")
+    assert body["checks"]["database"] == "ok" and body["checks"]["clickhouse"] == "ok"
+    await dead.aclose()
