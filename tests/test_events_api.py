@@ -91,6 +91,7 @@ BAD_EVENTS = {
     "unknown field": ({"event_type": "pageview", "colour": "red"}, "colour"),
     "revenue without currency": ({"event_type": "conversion", "event_name": "x", "revenue": 5}, "currency"),
     "timestamp beyond retention": ({"event_type": "pageview", "timestamp": 946684800000}, "retention"),
+    "timestamp far in the future": ({"event_type": "pageview", "timestamp": 10**15}, "future"),
 }
 
 
@@ -106,11 +107,40 @@ async def test_bad_server_events_are_400_and_queue_nothing(client, tenant, store
 async def test_one_bad_event_rejects_the_whole_batch(client, tenant, stores):
     batch = [{"event_type": "pageview"}, {"event_type": "event"}]
     body = assert_error(await client.post(f"/v1/projects/{tenant.id}/events", json=batch, headers=tenant.headers), 400)
-    assert "1" in body["message"] and "event_name" in body["message"]
+    assert body["message"] == "events[1]: event_name is required for event_type 'event'"
     assert await stream_length(stores) == 0
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"", b"[]", b"42"])
+async def test_huge_integers_are_numbers_like_in_javascript(client, tenant, worker, stores):
+    event = {"event_type": "event", "event_name": "x", "properties": {"a": 10**23}}
+    assert (await client.post(f"/v1/projects/{tenant.id}/events", json=event, headers=tenant.headers)).status_code == 202
+    await worker.drain()
+    assert await stored_rows(stores, tenant.id, "properties['a']") == [("1e+23",)]
+
+
+async def test_error_names_the_field(client, tenant):
+    response = await client.post(f"/v1/projects/{tenant.id}/events", json={"event_type": "event", "event_name": ""}, headers=tenant.headers)
+    assert assert_error(response, 400, "validation_error")["message"] == "event_name: String should have at least 1 character"
+
+
+async def test_body_is_not_read_before_the_key_is_checked(client, tenant, stores):
+    huge = b"[" + b",".join([b'{"event_type":"pageview"}'] * 300_000) + b"]"  # ~7.5 MB
+    headers = {"Content-Type": "application/json"}
+    wrong = await client.post(f"/v1/projects/{tenant.id}/events", content=huge, headers={**headers, "Authorization": "Bearer oa_live_x"})
+    assert_error(wrong, 401)
+    right = await client.post(f"/v1/projects/{tenant.id}/events", content=huge, headers={**headers, **tenant.headers})
+    assert_error(right, 413, "payload_too_large")
+    assert await stream_length(stores) == 0
+
+
+async def test_batch_limit_follows_the_setting(client, tenant, stores):
+    stores.settings.events_max_batch = 3
+    batch = [{"event_type": "pageview"}] * 4
+    body = assert_error(await client.post(f"/v1/projects/{tenant.id}/events", json=batch, headers=tenant.headers), 400)
+    assert "1 to 3" in body["message"]
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"", b"[]", b"42", b'["x"]'])
 async def test_malformed_bodies_are_400(client, tenant, stores, body):
     headers = {**tenant.headers, "Content-Type": "application/json"}
     assert_error(await client.post(f"/v1/projects/{tenant.id}/events", content=body, headers=headers), 400)

@@ -22,6 +22,7 @@ TODAY = datetime.now(UTC).date()
         ({"from": "2026-05-01", "to": "2026-05-02", "group_by": "country"}, "validation_error", "group_by"),
         ({"from": "2026-05-01", "to": "2026-05-02", "limit": "0"}, "validation_error", "limit"),
         ({"from": (TODAY - timedelta(days=91)).isoformat(), "to": TODAY.isoformat()}, "range_beyond_retention", "90 days"),
+        ({"from": TODAY.isoformat(), "to": "9999-12-31"}, "invalid_range", "after today"),
     ],
 )
 async def test_bad_query_input_is_400(client, make_tenant, params, code, fragment):

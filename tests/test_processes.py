@@ -169,7 +169,7 @@ def test_serve_and_worker_against_server_stores(tmp_path, postgres_url, clickhou
         assert not (tmp_path / "unused").exists(), "server mode must not create embedded stores"
     finally:
         assert stop(worker) == 0, (tmp_path / "worker.log").read_text()
-        stop(api)
+        assert stop(api) == 0, (tmp_path / "serve.log").read_text()
 
 
 @pytest.mark.server_stores
@@ -194,7 +194,7 @@ def test_worker_killed_between_insert_and_ack_stores_exactly_once(tmp_path, post
                           headers={"Authorization": f"Bearer {key['secret']}"})
         assert sent.status_code == 202
     finally:
-        stop(api)
+        assert stop(api) == 0, (tmp_path / "serve.log").read_text()
 
     died = subprocess.run([sys.executable, "-m", "tests.support.dying_worker"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)

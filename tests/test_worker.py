@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 
 from openanalytics.worker.flush import GROUP
@@ -119,3 +120,81 @@ async def test_run_loop_provisions_new_projects_and_stops_cleanly(client, stores
     stop.set()
     await asyncio.wait_for(task, 5)
     assert len(await stored_rows(stores, tenant.id)) == 2
+
+
+async def test_two_dead_workers_batches_are_claimed_without_duplicates(client, stores, make_tenant, monkeypatch):
+    tenant = make_tenant()
+    await send(client, tenant, 3)
+    await crash_between_insert_and_ack(stores, Worker(stores, consumer="dead-1"), monkeypatch)
+    await send(client, tenant, 3)
+    await crash_between_insert_and_ack(stores, Worker(stores, consumer="dead-2"), monkeypatch)
+    assert len(await stored_rows(stores, tenant.id)) == 6 and await pending(stores) == 6
+    await asyncio.sleep(stores.settings.worker_claim_idle_ms / 1000 + 0.2)
+    assert await Worker(stores, consumer="survivor").drain() == 6
+    assert len(await stored_rows(stores, tenant.id)) == 6
+    consumers = {c["name"] for c in await stores.redis.xinfo_consumers(stores.settings.stream_key, GROUP)}
+    assert consumers == {b"survivor"}, "dead consumers are removed once settled"
+
+
+async def test_a_row_that_cannot_be_stored_is_dead_lettered_not_blocking(client, stores, tenant, worker):
+    poison = {"project_id": tenant.id, "event_id": "not-a-uuid", "event_type": "pageview", "timestamp": 10**15,
+              "received_at": 0}
+    await stores.redis.xadd(stores.settings.stream_key, {b"e": orjson.dumps(poison)})
+    await send(client, tenant, 2)
+    assert await worker.drain() == 3
+    assert len(await stored_rows(stores, tenant.id)) == 2
+    dead = await stores.redis.xrange(stores.settings.stream_key + ":dead")
+    assert len(dead) == 1 and orjson.loads(dead[0][1][b"e"]) == poison
+
+
+async def test_rows_clickhouse_keeps_refusing_are_dead_lettered_after_retries(client, stores, tenant, worker, monkeypatch):
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    from openanalytics.worker.flush import MAX_DELIVERIES
+
+    await send(client, tenant, 2)
+
+    def refuse(*args, **kwargs):
+        raise DatabaseError("Code: 252. Too many parts")
+
+    monkeypatch.setattr(stores.events, "insert", refuse)
+    for _ in range(MAX_DELIVERIES - 1):
+        with pytest.raises(DatabaseError):
+            await worker.drain()
+    assert await pending(stores) == 2, "retried, not dropped, while deliveries are few"
+    assert await worker.drain() == 2
+    assert await pending(stores) == 0
+    assert len(await stores.redis.xrange(stores.settings.stream_key + ":dead")) == 2
+
+
+async def test_unreachable_clickhouse_is_retried_forever(client, stores, tenant, worker, monkeypatch):
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    await send(client, tenant, 1)
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(stores.events, "insert", unreachable)
+    for _ in range(5):
+        with pytest.raises(OperationalError):
+            await worker.drain()
+    assert await pending(stores) == 1
+    assert await stores.redis.xlen(stores.settings.stream_key + ":dead") == 0
+
+
+async def test_loop_survives_redis_being_down_at_start(stores):
+    from openanalytics.runtime import Stores
+    from openanalytics.stores.redis import make_redis
+
+    dead = make_redis("redis://127.0.0.1:1/0")
+    broken = Stores(settings=stores.settings, db=stores.db, redis=dead, events=stores.events)
+    worker = Worker(broken, consumer="patient")
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await asyncio.sleep(1.0)
+    assert not task.done(), "the loop must keep retrying"
+    assert worker.failures > 0 and not worker.healthy
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    await dead.aclose()

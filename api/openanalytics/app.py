@@ -7,11 +7,12 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from openanalytics import __version__, errors, health
 from openanalytics.cache import TTLCache
 from openanalytics.ingest import collect, events
+from openanalytics.ingest.schemas import EventIn
+from openanalytics.openapi import build_openapi
 from openanalytics.projects import endpoints as projects
 from openanalytics.query import pageviews
 from openanalytics.runtime import Stores
@@ -28,8 +29,9 @@ Programmatic access to projects, events and analytics queries.
 """
 
 
-def create_app(stores: Stores, with_worker: bool = False) -> FastAPI:
-    """The API. With `with_worker` the same process also drains the stream (standalone)."""
+def create_app(stores: Stores, with_worker: bool = False, owns_stores: bool = False) -> FastAPI:
+    """The API. With `with_worker` the same process also drains the stream (standalone);
+    with `owns_stores` the stores are closed at shutdown, on the loop that used them."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -43,10 +45,14 @@ def create_app(stores: Stores, with_worker: bool = False) -> FastAPI:
         try:
             yield
         finally:
-            if task is not None:
-                stop.set()
-                await task
-                await app.state.worker.drain()
+            try:
+                if task is not None:
+                    stop.set()
+                    await task
+                    await app.state.worker.drain()
+            finally:
+                if owns_stores:
+                    await stores.close()
 
     app = FastAPI(
         title="OpenAnalytics API",
@@ -64,20 +70,6 @@ def create_app(stores: Stores, with_worker: bool = False) -> FastAPI:
     errors.install(app)
     for module in (health, collect, events, projects, pageviews):
         app.include_router(module.router)
-    app.openapi = lambda: openapi_without_422(app)
+    events_body = {"requestBody": events.request_body_spec(stores.settings.events_max_batch)}
+    app.openapi = lambda: build_openapi(app, [EventIn], {("/v1/projects/{project_id}/events", "post"): events_body})
     return app
-
-
-def openapi_without_422(app: FastAPI) -> dict:
-    """FastAPI documents validation failures as 422; this API answers them 400 (documented per route)."""
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        for path in schema["paths"].values():
-            for operation in path.values():
-                operation.get("responses", {}).pop("422", None)
-        for name in ("HTTPValidationError", "ValidationError"):
-            schema.get("components", {}).get("schemas", {}).pop(name, None)
-        app.openapi_schema = schema
-    return app.openapi_schema

@@ -24,8 +24,9 @@ class TTLCache(Generic[K, V]):
     def put(self, key: K, value: V) -> None:
         if self.ttl <= 0:
             return
+        self._items.pop(key, None)
         if len(self._items) >= self.max_items:
-            self._items.clear()
+            del self._items[next(iter(self._items))]  # the oldest entry
         self._items[key] = (time.monotonic() + self.ttl, value)
 
     def clear(self) -> None:

@@ -82,11 +82,13 @@ def _serve(with_worker: bool, host: str | None, port: int | None) -> None:
     stores = Stores.open(settings)
     if with_worker:
         stores.migrate_control_plane()
-    app = create_app(stores, with_worker=with_worker)
-    try:
-        uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="info", access_log=False)
-    finally:
-        asyncio.run(stores.close())
+    app = create_app(stores, with_worker=with_worker, owns_stores=True)
+    # No access log (it would hold client IPs) and no proxy headers from uvicorn: the
+    # client IP is taken from X-Forwarded-For only for OA_TRUSTED_PROXIES, by the app.
+    uvicorn.run(
+        app, host=host or settings.host, port=port or settings.port, log_level="info",
+        access_log=False, proxy_headers=False,
+    )
 
 
 @main.command()

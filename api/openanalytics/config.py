@@ -10,12 +10,15 @@ One URL per store decides whether the embedded store or a server is used:
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_data_dir() -> Path:
@@ -40,14 +43,31 @@ class Settings(BaseSettings):
     worker_claim_idle_ms: int = Field(
         default=60_000, ge=1000, description="Pending events idle this long are taken over from a dead worker."
     )
-    worker_name: str = Field(default_factory=lambda: os.environ.get("HOSTNAME") or f"worker-{os.getpid()}")
+    worker_name: str = Field(
+        default_factory=socket.gethostname,
+        description="Consumer name; a restarted worker with the same name resumes its own batch at once.",
+    )
 
     collect_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     collect_max_batch: int = Field(default=50, ge=1, le=1000)
     events_max_batch: int = Field(default=1000, ge=1, le=10_000)
+    events_max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, description="Largest server-side body.")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs of proxies whose X-Forwarded-For is believed (JSON list or comma-separated).",
+    )
     cache_ttl_seconds: float = Field(default=1.0, ge=0, le=60, description="Project/key cache lifetime.")
 
     log_level: str = "INFO"
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value):
+        if isinstance(value, str):
+            value = [part.strip() for part in value.strip("[]").replace('"', "").split(",") if part.strip()]
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)  # fails on nonsense, at start
+        return value
 
     @property
     def effective_database_url(self) -> str:

@@ -39,5 +39,8 @@ async def readyz(request: Request) -> JSONResponse:
             ),
         )
     )
+    worker = getattr(request.app.state, "worker", None)
+    if worker is not None:  # standalone: the in-process worker is part of being ready
+        checks["worker"] = "ok" if worker.healthy else f"error: failing ({worker.failures} attempts)"
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503)

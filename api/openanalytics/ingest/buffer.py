@@ -13,7 +13,8 @@ FIELD = b"e"
 async def append(redis: aioredis.Redis, stream: str, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    async with redis.pipeline(transaction=False) as pipe:
+    # One transaction: a request's events are queued all together or not at all.
+    async with redis.pipeline(transaction=True) as pipe:
         for row in rows:
             pipe.xadd(stream, {FIELD: orjson.dumps(row)})
         await pipe.execute()

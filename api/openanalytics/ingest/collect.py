@@ -7,6 +7,7 @@ for a reason from `DropReason`, and nothing about that reaches the response.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from enum import StrEnum
 from typing import Any
@@ -18,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from openanalytics.cache import TTLCache
 from openanalytics.ingest import buffer
+from openanalytics.ingest.client_ip import client_ip, parse_networks
 from openanalytics.ingest.rows import event_row
 from openanalytics.ingest.schemas import EventIn, EventType
 from openanalytics.ingest.visitor import Salts, anonymise_ip, session_for, today, visitor_hash
@@ -42,12 +44,19 @@ class DropReason(StrEnum):
     disallowed_domain = "disallowed_domain"
 
 
+SITE_ID = re.compile(r"^site_[0-9a-f]{16}$")
+
+
 class CollectIn(EventIn):
-    """What the tracker sends: the event model plus what a browser knows."""
+    """What the tracker sends: the event model plus what a browser knows.
+
+    A browser's clock is not to be trusted: the time of a hit is the time it arrives.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
-    site_id: str = Field(min_length=1, max_length=64)
+    site_id: str = Field(pattern=SITE_ID.pattern)
+    timestamp: Any = Field(default=None, exclude=True)
     event_type: EventType = EventType.pageview
     referrer: str | None = Field(default=None, max_length=2048)
     screen_width: int | None = Field(default=None, ge=0, le=65535)
@@ -99,8 +108,10 @@ def domain_allowed(hostname: str, domains: list[str]) -> bool:
 class Collector:
     def __init__(self, app_state):
         self.state = app_state
-        self.sites: TTLCache[str, Any] = TTLCache(app_state.stores.settings.cache_ttl_seconds * 5)
+        settings = app_state.stores.settings
+        self.sites: TTLCache[str, Any] = TTLCache(settings.cache_ttl_seconds)
         self.salts = Salts(app_state.stores.redis)
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
 
     async def project_for_site(self, site_id: str):
         hit, project = self.sites.get(site_id)
@@ -113,11 +124,13 @@ class Collector:
 
     async def rows_for(self, request: Request, item: dict[str, Any], received_ms: int) -> dict[str, Any]:
         event = validate(item)
+        event.timestamp = None  # received time
         project = await self.project_for_site(event.site_id)
         row = event_row(project.id, event, received_ms, "collect")
         if not domain_allowed(row.get("hostname", ""), project.domains):
             raise Dropped(DropReason.disallowed_domain)
-        ip = request.client.host if request.client else ""
+        peer = request.client.host if request.client else ""
+        ip = client_ip(peer, request.headers.get("x-forwarded-for"), self.trusted_proxies)
         salt = await self.salts.for_day(today())
         row["visitor_id"] = visitor_hash(
             salt,

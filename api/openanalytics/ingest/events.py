@@ -1,15 +1,20 @@
-"""`POST /v1/projects/{id}/events`: strict server-side ingest, answered 202 once queued."""
+"""`POST /v1/projects/{id}/events`: strict server-side ingest, answered 202 once queued.
+
+The body is read only after the key was checked, with a size limit, and validated here
+rather than by FastAPI, so errors name the failing event (`events[3].event_name: ...`).
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Any
 
-from fastapi import APIRouter, Body, Request
-from pydantic import Field
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
 
 from openanalytics.auth.dependencies import EventsWrite, stores_of
-from openanalytics.errors import BadRequest
+from openanalytics.errors import ApiError, BadRequest
 from openanalytics.ingest import buffer
 from openanalytics.ingest.rows import event_row
 from openanalytics.ingest.schemas import EventIn, EventsQueued
@@ -19,6 +24,51 @@ from openanalytics.openapi import error_responses
 router = APIRouter(tags=["Events"])
 
 FUTURE_TOLERANCE_MS = 24 * 3600 * 1000
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    return bytes(body)
+
+
+def _describe(error: dict[str, Any], prefix: str) -> str:
+    location = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{location.lstrip('.') or 'body'}: {message}"
+
+
+def parse_events(body: bytes, max_batch: int) -> list[EventIn]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("the body is not valid JSON", "malformed_json") from None
+    if isinstance(data, dict):
+        items, batch = [data], False
+    elif isinstance(data, list) and 1 <= len(data) <= max_batch:
+        items, batch = data, True
+    else:
+        raise BadRequest(f"send one event object or an array of 1 to {max_batch} event objects")
+    events = []
+    for index, item in enumerate(items):
+        prefix = f"events[{index}]" if batch else ""
+        if not isinstance(item, dict):
+            raise BadRequest(f"{prefix or 'body'}: must be an object")
+        try:
+            events.append(EventIn.model_validate(item))
+        except ValidationError as exc:
+            raise BadRequest("; ".join(_describe(e, prefix) for e in exc.errors()[:5])) from None
+    return events
 
 
 def check_timestamps(events: list[EventIn], retention_days: int, now_ms: int) -> None:
@@ -35,31 +85,50 @@ def check_timestamps(events: list[EventIn], retention_days: int, now_ms: int) ->
             raise BadRequest(f"{where} is more than a day in the future", "timestamp_out_of_range")
 
 
+def request_body_spec(max_batch: int) -> dict[str, Any]:
+    event = {"$ref": "#/components/schemas/EventIn"}
+    return {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"oneOf": [event, {"type": "array", "items": event, "minItems": 1, "maxItems": max_batch}]},
+                "examples": {
+                    "one": {"summary": "One event", "value": EventIn.model_config["json_schema_extra"]["examples"][0]},
+                    "batch": {
+                        "summary": "A batch",
+                        "value": [
+                            {"event_type": "pageview", "url": "https://example.com/pricing", "user_id": "u_7f3a"},
+                            {"event_type": "event", "event_name": "signup", "user_id": "u_7f3a"},
+                        ],
+                    },
+                },
+            }
+        },
+    }
+
+
 @router.post(
     "/v1/projects/{project_id}/events",
     status_code=202,
     summary="Send server-side events",
     description=(
-        "Queues one event (a JSON object) or a batch (a JSON array of up to 1,000 objects). "
-        "Validation is strict: any invalid event rejects the whole request with 400 and nothing is queued."
+        "Queues one event (a JSON object) or a batch (a JSON array of up to `OA_EVENTS_MAX_BATCH`, "
+        "default 1,000). Validation is strict: one invalid event rejects the whole request with 400 "
+        "and nothing is queued."
     ),
     response_model=EventsQueued,
-    responses=error_responses(400, 401, 403, 404),
+    responses={**error_responses(400, 401, 403, 404, 413)},
 )
-async def send_events(
-    request: Request,
-    access: EventsWrite,
-    payload: Annotated[EventIn | Annotated[list[EventIn], Field(min_length=1, max_length=1000)], Body()],
-) -> EventsQueued:
-    events = payload if isinstance(payload, list) else [payload]
+async def send_events(request: Request, access: EventsWrite) -> EventsQueued:
     stores = stores_of(request)
-    if len(events) > stores.settings.events_max_batch:
-        raise BadRequest(f"at most {stores.settings.events_max_batch} events per request")
+    settings = stores.settings
+    body = await read_limited(request, settings.events_max_body_bytes)
+    events = parse_events(body, settings.events_max_batch)
     now_ms = int(time.time() * 1000)
     check_timestamps(events, access.project.retention_days, now_ms)
     rows = [event_row(access.project.id, event, now_ms, "server") for event in events]
     for row in rows:
         if row["user_id"]:
             row["visitor_id"] = user_visitor_hash(access.project.id, row["user_id"])
-    await buffer.append(stores.redis, stores.settings.stream_key, rows)
+    await buffer.append(stores.redis, settings.stream_key, rows)
     return EventsQueued(count=len(rows), event_ids=[row["event_id"] for row in rows])

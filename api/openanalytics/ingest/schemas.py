@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, m
 MAX_PROPERTIES = 50
 MAX_PROPERTY_KEY = 100
 MAX_PROPERTY_VALUE = 1000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 CURRENCIES = frozenset(c.alpha_3 for c in pycountry.currencies)
 
 
@@ -88,6 +89,8 @@ class EventIn(BaseModel):
                 raise ValueError(f"property names are 1 to {MAX_PROPERTY_KEY} characters")
             if not isinstance(item, (str, int, float, bool)) or (isinstance(item, float) and not math.isfinite(item)):
                 raise ValueError(f"property {key!r} must be a string, number or boolean (no objects, arrays or null)")
+            if isinstance(item, int) and not INT64_MIN <= item <= INT64_MAX:
+                raise ValueError(f"property {key!r} is outside the 64-bit integer range; send it as a string")
             if isinstance(item, str) and len(item) > MAX_PROPERTY_VALUE:
                 raise ValueError(f"property {key!r} is longer than {MAX_PROPERTY_VALUE} characters")
         return value

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 
+from openanalytics.cache import TTLCache
+
 SALT_TTL_SECONDS = 2 * 24 * 3600
 SESSION_IDLE_SECONDS = 30 * 60
 
@@ -31,18 +33,22 @@ def anonymise_ip(ip: str) -> str:
 
 
 class Salts:
-    def __init__(self, redis: aioredis.Redis):
+    """The day's salt, read through a short local cache so pods agree again soon after a Redis loss."""
+
+    def __init__(self, redis: aioredis.Redis, local_ttl_seconds: float = 10.0):
         self.redis = redis
-        self._local: dict[str, bytes] = {}
+        self._local: TTLCache[str, bytes] = TTLCache(local_ttl_seconds, max_items=4)
 
     async def for_day(self, day: str) -> bytes:
-        salt = self._local.get(day)
-        if salt is None:
+        hit, salt = self._local.get(day)
+        if not hit:
             key = f"oa:salt:{day}"
             # First pod to ask creates it; everyone reads the same value.
-            await self.redis.set(key, secrets.token_bytes(32), nx=True, ex=SALT_TTL_SECONDS)
-            salt = await self.redis.get(key)
-            self._local = {day: salt}
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, secrets.token_bytes(32), nx=True, ex=SALT_TTL_SECONDS)
+                pipe.get(key)
+                _, salt = await pipe.execute()
+            self._local.put(day, salt)
         return salt
 
 

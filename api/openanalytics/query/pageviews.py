@@ -62,6 +62,8 @@ class PageviewsResult(BaseModel):
 def check_range(start: date, end: date, retention_days: int, today: date) -> None:
     if start > end:
         raise BadRequest("from must not be after to", "invalid_range")
+    if end > today + timedelta(days=1):
+        raise BadRequest("to must not be more than a day after today", "invalid_range")
     oldest = today - timedelta(days=retention_days)
     if start < oldest:
         raise BadRequest(

@@ -52,10 +52,10 @@ class EventStore:
     def insert(
         self, database: str, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], token: str
     ) -> None:
-        # The token makes a retried insert of the same batch a no-op (see schema.py).
-        self.client.insert(
-            table, rows, column_names=list(columns), database=database, settings={"insert_deduplication_token": token}
-        )
+        # The token makes a retried insert of the same batch a no-op (see events_schema.py).
+        # Server-side events may span every month of a long retention: no partition cap.
+        settings = {"insert_deduplication_token": token, "max_partitions_per_insert_block": 0}
+        self.client.insert(table, rows, column_names=list(columns), database=database, settings=settings)
 
     def ping(self) -> bool:
         return bool(self.client.ping()) if not self.embedded else self.rows("SELECT 1") == [(1,)]

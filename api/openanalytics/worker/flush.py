@@ -2,9 +2,14 @@
 
 The worker reads the stream through a consumer group in batches, inserts each project's
 rows with one insert, and acknowledges only after ClickHouse accepted them. If it dies in
-between, the same messages come back (its own pending list on restart, or claimed from a
-dead worker after `worker_claim_idle_ms`) and are inserted again with the same
-deduplication token, derived from the message ids, so ClickHouse drops the repeat.
+between, its pending list holds exactly the unacknowledged project groups of that one
+batch. Recovery replays that list as one batch, either by the same worker on restart or,
+after `worker_claim_idle_ms`, by another worker claiming one dead consumer's list at a
+time. Either way the groups come back as they were, carry the same deduplication token
+(derived from their message ids), and ClickHouse drops the repeat.
+
+Rows ClickHouse keeps refusing, and rows that cannot be read, go to a dead-letter stream
+(`<stream>:dead`) instead of blocking everything behind them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from redis.exceptions import ResponseError
 
 from openanalytics.ingest.buffer import FIELD
@@ -28,10 +34,16 @@ log = logging.getLogger(__name__)
 
 GROUP = "oa-workers"
 COLUMNS = tuple(EVENT_COLUMNS)
+# A pending list never holds more than one batch; read all of it whatever the batch size is now.
+RECOVERY_COUNT = 1_000_000
+# Deliveries after which rows ClickHouse refuses (not: cannot be reached) are dead-lettered.
+MAX_DELIVERIES = 3
 _DEFAULTS: dict[str, Any] = {
     name: (0 if kind.startswith(("UInt", "Int")) else {} if kind.startswith("Map") else None if kind.startswith("Nullable") else "")
     for name, kind in EVENT_COLUMNS.items()
 }
+
+Message = tuple[bytes, dict[bytes, bytes]]
 
 
 def _ms(value: int) -> datetime:
@@ -59,7 +71,9 @@ def batch_token(project_id: str, message_ids: list[bytes]) -> str:
     return digest.hexdigest()
 
 
-Message = tuple[bytes, dict[bytes, bytes]]
+def _refused(exc: Exception) -> bool:
+    """ClickHouse answered and said no (as opposed to: could not be reached)."""
+    return isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError)
 
 
 class Flusher:
@@ -67,8 +81,10 @@ class Flusher:
         self.stores = stores
         self.redis: aioredis.Redis = stores.redis
         self.stream = stores.settings.stream_key
+        self.dead_stream = f"{self.stream}:dead"
         self.consumer = consumer
         self.batch_size = stores.settings.worker_batch_size
+        self.claim_idle_ms = stores.settings.worker_claim_idle_ms
         self.provisioner = provisioner  # async callable: project_id -> bool (exists and ready)
 
     async def ensure_group(self) -> None:
@@ -79,22 +95,40 @@ class Flusher:
                 raise
 
     async def _read(self, block_ms: int) -> list[Message]:
-        # Own pending first (a restart after a crash), then messages idle at a dead
-        # consumer, then new ones.
-        own = await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: "0"}, count=self.batch_size)
-        messages = own[0][1] if own else []
-        if messages:
-            return messages
-        claimed = await self.redis.xautoclaim(
-            self.stream, GROUP, self.consumer, self.stores.settings.worker_claim_idle_ms, "0-0", count=self.batch_size
-        )
-        if claimed[1]:
-            return claimed[1]
+        # Own pending first (a restart after a crash), then a dead consumer's, then new ones.
+        own = await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: "0"}, count=RECOVERY_COUNT)
+        if own and own[0][1]:
+            return own[0][1]
+        claimed = await self._claim_from_dead_consumer()
+        if claimed:
+            return claimed
         # BLOCK 0 would wait forever, so 0 here means "do not block".
         new = await self.redis.xreadgroup(
             GROUP, self.consumer, {self.stream: ">"}, count=self.batch_size, block=block_ms or None
         )
         return new[0][1] if new else []
+
+    async def _claim_from_dead_consumer(self) -> list[Message]:
+        for consumer in await self.redis.xinfo_consumers(self.stream, GROUP):
+            name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else consumer["name"]
+            if name == self.consumer or consumer["idle"] < self.claim_idle_ms:
+                continue
+            if consumer["pending"] == 0:
+                await self.redis.xgroup_delconsumer(self.stream, GROUP, name)  # a worker long gone
+                continue
+            entries = await self.redis.xpending_range(
+                self.stream, GROUP, min="-", max="+", count=RECOVERY_COUNT, consumername=name
+            )
+            ids = [entry["message_id"] for entry in entries]
+            claimed = await self.redis.xclaim(self.stream, GROUP, self.consumer, self.claim_idle_ms, ids) if ids else []
+            # Entries deleted from the stream meanwhile come back as (id, None): settle them.
+            gone = [message_id for message_id, fields in claimed if fields is None]
+            await self.ack(gone)
+            live = [(message_id, fields) for message_id, fields in claimed if fields is not None]
+            if live:
+                log.warning("took over %d unacknowledged events from worker %s", len(live), name)
+                return live
+        return []
 
     async def run_once(self, block_ms: int = 0) -> int:
         """Read one batch and store it. Returns how many messages were settled."""
@@ -105,28 +139,51 @@ class Flusher:
         return len(messages)
 
     async def flush(self, messages: list[Message]) -> None:
-        by_project: dict[str, list[tuple[bytes, dict[str, Any]]]] = defaultdict(list)
-        unreadable: list[bytes] = []
+        by_project: dict[str, list[tuple[bytes, list[Any]]]] = defaultdict(list)
+        unreadable: list[Message] = []
         for message_id, fields in messages:
             try:
                 row = orjson.loads(fields[FIELD])
-                by_project[row["project_id"]].append((message_id, row))
-            except (KeyError, TypeError, orjson.JSONDecodeError):
-                unreadable.append(message_id)
+                by_project[row["project_id"]].append((message_id, to_columns(row)))
+            except Exception:
+                unreadable.append((message_id, fields))
         if unreadable:
-            log.error("dropping %d unreadable stream messages", len(unreadable))
-            await self.ack(unreadable)
+            await self.dead_letter(unreadable, "unreadable row")
         for project_id, items in by_project.items():
             ids = [message_id for message_id, _ in items]
             if await self.provisioner(project_id):
-                rows = [to_columns(row) for _, row in items]
-                token = batch_token(project_id, ids)
-                await self.stores.events.run(
-                    self.stores.events.insert, database_name(project_id), "events", rows, COLUMNS, token
-                )
+                await self._insert(project_id, items, messages)
             else:
                 log.warning("dropping %d events of unknown or inactive project %s", len(items), project_id)
             await self.ack(ids)
+
+    async def _insert(self, project_id: str, items: list[tuple[bytes, list[Any]]], messages: list[Message]) -> None:
+        ids = [message_id for message_id, _ in items]
+        store = self.stores.events
+        try:
+            await store.run(
+                store.insert, database_name(project_id), "events", [row for _, row in items], COLUMNS,
+                batch_token(project_id, ids),
+            )
+        except Exception as exc:
+            if not _refused(exc) or await self._deliveries(ids) < MAX_DELIVERIES:
+                raise
+            wanted = set(ids)
+            await self.dead_letter([m for m in messages if m[0] in wanted], f"refused by ClickHouse: {exc}"[:500])
+
+    async def _deliveries(self, ids: list[bytes]) -> int:
+        entries = await self.redis.xpending_range(self.stream, GROUP, min=ids[0], max=ids[-1], count=RECOVERY_COUNT)
+        wanted = set(ids)
+        return max((e["times_delivered"] for e in entries if e["message_id"] in wanted), default=0)
+
+    async def dead_letter(self, messages: list[Message], reason: str) -> None:
+        log.error("moving %d events to %s: %s", len(messages), self.dead_stream, reason)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for message_id, fields in messages:
+                pipe.xadd(self.dead_stream, {b"id": message_id, FIELD: fields.get(FIELD, b""), b"reason": reason})
+            pipe.xack(self.stream, GROUP, *[m[0] for m in messages])
+            pipe.xdel(self.stream, *[m[0] for m in messages])
+            await pipe.execute()
 
     async def ack(self, message_ids: list[bytes]) -> None:
         if message_ids:

@@ -24,6 +24,7 @@ class Worker:
         self.stores = stores
         self.flusher = Flusher(stores, consumer or stores.settings.worker_name, self.ensure_project)
         self._ready: TTLCache[str, bool] = TTLCache(10.0)
+        self.failures = 0
 
     def _ensure_project_sync(self, project_id: str) -> bool:
         with self.stores.db.session() as session:
@@ -44,6 +45,11 @@ class Worker:
     async def provision(self) -> list[str]:
         return await asyncio.to_thread(provision_pending, self.stores.db, self.stores.events)
 
+    @property
+    def healthy(self) -> bool:
+        """False while the loop is failing (shown by /readyz in standalone)."""
+        return self.failures == 0
+
     async def drain(self) -> int:
         """Store everything on the stream now (shutdown, tests)."""
         await self.flusher.ensure_group()
@@ -53,29 +59,27 @@ class Worker:
         return total
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.flusher.ensure_group()
         backoff = 0.5
         next_provision = 0.0
+        group_ready = False
         while not stop.is_set():
             try:
+                if not group_ready:
+                    await self.flusher.ensure_group()
+                    group_ready = True
                 if time.monotonic() >= next_provision:
                     await self.provision()
                     next_provision = time.monotonic() + PROVISION_EVERY_SECONDS
                 await self.flusher.run_once(block_ms=self.stores.settings.worker_block_ms)
-                backoff = 0.5
+                backoff, self.failures = 0.5, 0
             except asyncio.CancelledError:
                 raise
             except Exception:
+                self.failures += 1
                 log.exception("worker iteration failed; retrying in %.1fs", backoff)
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
                 except TimeoutError:
                     pass
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-                await self._recover_group()
-
-    async def _recover_group(self) -> None:
-        try:
-            await self.flusher.ensure_group()  # the stream may have been deleted (Redis restart)
-        except Exception:
-            log.debug("consumer group not recreated yet", exc_info=True)
+                group_ready = False  # Redis may have restarted empty: recreate the group

@@ -1,0 +1,34 @@
+"""The client's IP: the direct peer, or what a trusted proxy says in X-Forwarded-For."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+
+
+def _trusted(ip: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in net for net in networks)
+
+
+def client_ip(peer: str, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str:
+    """Walk X-Forwarded-For from the right past trusted proxies; the first other hop is the client.
+
+    Headers from untrusted peers are ignored, so a browser cannot choose its own IP.
+    """
+    if not forwarded_for or not _trusted(peer, trusted):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
