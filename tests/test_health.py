@@ -16,14 +16,25 @@ async def test_ready_when_all_three_stores_answer(client):
     assert response.json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok", "clickhouse": "ok"}}
 
 
-async def test_not_ready_when_redis_is_unreachable(stores):
+async def test_degraded_but_ready_when_redis_is_unreachable(stores):
     dead = make_redis("redis://127.0.0.1:1/0")
     broken = Stores(settings=stores.settings, db=stores.db, redis=dead, events=stores.events)
     transport = httpx.ASGITransport(app=create_app(broken))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
         response = await http.get("/readyz")
-    assert response.status_code == 503
+    assert response.status_code == 200, "queries still work without Redis"
     body = response.json()
-    assert body["status"] == "unavailable" and body["checks"]["redis"].startswith("error")
+    assert body["status"] == "degraded" and body["checks"]["redis"].startswith("error")
     assert body["checks"]["database"] == "ok" and body["checks"]["clickhouse"] == "ok"
     await dead.aclose()
+
+
+async def test_not_ready_when_the_control_plane_is_unreachable(stores):
+    from openanalytics.stores.sql import Database
+
+    dead = Database("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    broken = Stores(settings=stores.settings, db=dead, redis=stores.redis, events=stores.events)
+    transport = httpx.ASGITransport(app=create_app(broken))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        response = await http.get("/readyz")
+    assert response.status_code == 503 and response.json()["checks"]["database"].startswith("error")

@@ -9,7 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from openanalytics import __version__, errors, health
+from openanalytics.auth import endpoints as keys
+from openanalytics.auth.gate import ApiGate
+from openanalytics.auth.principals import Principals, listen_for_changes
+from openanalytics.auth.ratelimit import RateLimiter
 from openanalytics.cache import TTLCache
+from openanalytics.ingest.client_ip import parse_networks
 from openanalytics.ingest import collect, events
 from openanalytics.ingest.schemas import EventIn
 from openanalytics.openapi import build_openapi
@@ -29,13 +34,17 @@ Programmatic access to projects, events and analytics queries.
 """
 
 
-def create_app(stores: Stores, with_worker: bool = False, owns_stores: bool = False) -> FastAPI:
+def create_app(
+    stores: Stores, with_worker: bool = False, owns_stores: bool = False, rate_limits: bool = True
+) -> FastAPI:
     """The API. With `with_worker` the same process also drains the stream (standalone);
     with `owns_stores` the stores are closed at shutdown, on the loop that used them."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         stop = asyncio.Event()
+        caches = [app.state.principals.cache, app.state.project_cache, app.state.collector.sites]
+        listener = asyncio.create_task(listen_for_changes(stores.redis, caches, stop), name="invalidation")
         task = None
         if with_worker:
             worker = Worker(stores)
@@ -46,8 +55,9 @@ def create_app(stores: Stores, with_worker: bool = False, owns_stores: bool = Fa
             yield
         finally:
             try:
+                stop.set()
+                await listener
                 if task is not None:
-                    stop.set()
                     await task
                     await app.state.worker.drain()
             finally:
@@ -63,12 +73,16 @@ def create_app(stores: Stores, with_worker: bool = False, owns_stores: bool = Fa
         redoc_url=None,
     )
     app.state.stores = stores
-    ttl = stores.settings.cache_ttl_seconds
-    app.state.key_cache = TTLCache(ttl)
-    app.state.project_cache = TTLCache(ttl)
+    settings = stores.settings
+    app.state.principals = Principals(stores.db, settings.cache_ttl_seconds)
+    app.state.project_cache = TTLCache(settings.cache_ttl_seconds)
     app.state.collector = collect.Collector(app.state)
+    limiter = RateLimiter(stores.redis, settings.auth_failures_per_minute) if rate_limits else None
+    app.add_middleware(
+        ApiGate, principals=app.state.principals, limiter=limiter, trusted=parse_networks(settings.trusted_proxies)
+    )
     errors.install(app)
-    for module in (health, collect, events, projects, pageviews):
+    for module in (health, collect, events, projects, keys, pageviews):
         app.include_router(module.router)
     events_body = {"requestBody": events.request_body_spec(stores.settings.events_max_batch)}
     app.openapi = lambda: build_openapi(app, [EventIn], {("/v1/projects/{project_id}/events", "post"): events_body})

@@ -280,7 +280,26 @@ def keys_revoke(key_id: str, as_json: bool) -> None:
         if key is None:
             raise click.ClickException(f"no such key: {key_id}")
         data = _key_dict(key)
+    _announce_key_change()
     _emit(as_json, data, lambda k: "revoked " + _key_line(k))
+
+
+def _announce_key_change() -> None:
+    """Running API processes drop cached keys now (with an in-process Redis they expire within a second)."""
+    settings = _settings()
+    if not settings.redis_url:
+        return
+    from openanalytics.auth.principals import announce_change
+    from openanalytics.stores.redis import make_redis
+
+    async def announce() -> None:
+        redis = make_redis(settings.redis_url)
+        try:
+            await announce_change(redis)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(announce())
 
 
 if __name__ == "__main__":

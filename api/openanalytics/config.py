@@ -56,6 +56,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="CIDRs of proxies whose X-Forwarded-For is believed (JSON list or comma-separated).",
     )
+    auth_failures_per_minute: int = Field(
+        default=20, ge=1, description="Failed authentications per client IP per minute before every attempt is refused."
+    )
     cache_ttl_seconds: float = Field(default=1.0, ge=0, le=60, description="Project/key cache lifetime.")
 
     log_level: str = "INFO"

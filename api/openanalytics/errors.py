@@ -5,7 +5,8 @@
     ├── Unauthorized      401 unauthorized
     ├── Forbidden         403 insufficient_scope
     ├── NotFound          404 not_found
-    └── RateLimited       429 rate_limited
+    ├── RateLimited       429 rate_limited
+    └── Unavailable       503 unavailable (a store is down; retry with backoff)
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class RateLimited(ApiError):
     status, code = 429, "rate_limited"
 
 
+class Unavailable(ApiError):
+    status, code = 503, "unavailable"
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
@@ -69,7 +74,7 @@ def _describe(errors: list[dict]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-_STATUS_CODES = {400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+_STATUS_CODES = {400: "validation_error", 413: "payload_too_large", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                  413: "payload_too_large", 415: "unsupported_media_type", 429: "rate_limited"}
 
 

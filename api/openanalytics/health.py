@@ -26,7 +26,16 @@ async def _check(coro) -> str:
         return f"error: {type(exc).__name__}"
 
 
-@router.get("/readyz", summary="Readiness: the three stores answer")
+@router.get(
+    "/readyz",
+    summary="Readiness: the stores answer",
+    description=(
+        "503 when PostgreSQL/SQLite or ClickHouse fails (or, in standalone, the worker). A failing Redis "
+        "makes the status `degraded` but keeps 200: queries still work, rate limits are not enforced, "
+        "server-side events answer 503 and /collect drops hits."
+    ),
+    responses={503: {"description": "Not ready."}},
+)
 async def readyz(request: Request) -> JSONResponse:
     stores = request.app.state.stores
     checks = dict(
@@ -42,5 +51,6 @@ async def readyz(request: Request) -> JSONResponse:
     worker = getattr(request.app.state, "worker", None)
     if worker is not None:  # standalone: the in-process worker is part of being ready
         checks["worker"] = "ok" if worker.healthy else f"error: failing ({worker.failures} attempts)"
-    ready = all(value == "ok" for value in checks.values())
-    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503)
+    ready = all(value == "ok" for name, value in checks.items() if name != "redis")
+    status = "unavailable" if not ready else "ok" if checks["redis"] == "ok" else "degraded"
+    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)

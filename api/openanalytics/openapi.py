@@ -16,12 +16,35 @@ _DESCRIPTIONS = {
     403: "The API key lacks the required scope.",
     404: "Project or resource not found (also for another tenant's project).",
     413: "The body is too large.",
-    429: "Rate limit exceeded.",
+    429: "Rate limit exceeded (see Retry-After).",
+    503: "A store is unreachable; nothing was done. Retry with backoff.",
 }
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]} for status in statuses}
+
+
+RATE_LIMIT_HEADERS = {
+    "X-RateLimit-Limit": "Requests allowed per minute: the key's budget, or without a valid key the client "
+    "IP's allowance of failed authentications.",
+    "X-RateLimit-Remaining": "Requests left in the current window.",
+    "X-RateLimit-Reset": "Seconds until the current window ends and the budget is full again.",
+}
+RETRY_AFTER = "Seconds to wait before retrying."
+
+
+def _document_rate_limits(schema: dict) -> None:
+    components = schema["components"].setdefault("headers", {})
+    for name, text in {**RATE_LIMIT_HEADERS, "Retry-After": RETRY_AFTER}.items():
+        components[name] = {"description": text, "schema": {"type": "integer", "minimum": 0}}
+    for path, operations in schema["paths"].items():
+        if not path.startswith("/v1"):
+            continue
+        for operation in operations.values():
+            for status, response in operation["responses"].items():
+                names = [*RATE_LIMIT_HEADERS, *(["Retry-After"] if status in ("429", "503") else [])]
+                response["headers"] = {n: {"$ref": f"#/components/headers/{n}"} for n in names}
 
 
 def build_openapi(app: FastAPI, models: list[type[BaseModel]], patches: dict[tuple[str, str], dict]) -> dict:
@@ -42,5 +65,6 @@ def build_openapi(app: FastAPI, models: list[type[BaseModel]], patches: dict[tup
             components[model.__name__] = definition
         for (path, method), fields in patches.items():
             schema["paths"][path][method].update(fields)
+        _document_rate_limits(schema)
         app.openapi_schema = schema
     return app.openapi_schema

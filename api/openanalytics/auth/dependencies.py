@@ -1,4 +1,4 @@
-"""Bearer authentication and scope checks, as FastAPI dependencies.
+"""Scope checks as FastAPI dependencies, on the principal the gate resolved.
 
 Each endpoint names its scope in its signature (`StatsRead`, `EventsWrite`, ...). The order
 of checks never confirms that another tenant's project exists: a missing or wrong key is
@@ -8,30 +8,21 @@ of checks never confirms that another tenant's project exists: a missing or wron
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from openanalytics.auth.keys import Scope, find_active_key, hash_secret, touch_key
+from openanalytics.auth.keys import Scope
+from openanalytics.auth.principals import Principal
 from openanalytics.cache import TTLCache
 from openanalytics.errors import Forbidden, NotFound, Unauthorized
 from openanalytics.projects.models import Project
 from openanalytics.runtime import Stores
-from openanalytics.stores.sql import utcnow
 
+# Documents the scheme in OpenAPI; the gate has already read the header.
 bearer = HTTPBearer(auto_error=False, description="An `oa_live_` API key.")
-
-_TOUCH_EVERY = timedelta(minutes=1)
-
-
-@dataclass(frozen=True)
-class Principal:
-    key_id: str
-    project_id: str
-    scopes: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -44,34 +35,12 @@ def stores_of(request: Request) -> Stores:
     return request.app.state.stores
 
 
-def _load_principal(stores: Stores, secret: str) -> Principal | None:
-    with stores.db.session() as session:
-        key = find_active_key(session, secret)
-        if key is None:
-            return None
-        project = session.get(Project, key.project_id)
-        if project is None or not project.active:
-            return None
-        if key.last_used_at is None or utcnow() - key.last_used_at > _TOUCH_EVERY:
-            touch_key(session, key.id)
-        return Principal(key.id, key.project_id, frozenset(key.scopes))
-
-
 async def authenticate(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthorized("Send an API key as 'Authorization: Bearer oa_live_...'.")
-    stores = stores_of(request)
-    cache: TTLCache[str, Principal | None] = request.app.state.key_cache
-    digest = hash_secret(credentials.credentials)
-    hit, principal = cache.get(digest)
-    if not hit:
-        principal = await run_in_threadpool(_load_principal, stores, credentials.credentials)
-        cache.put(digest, principal)
+    principal = getattr(request.state, "principal", None)
     if principal is None:
-        raise Unauthorized("The API key is invalid or revoked.")
-    request.state.principal = principal
+        raise Unauthorized("Send a valid, unrevoked API key as 'Authorization: Bearer oa_live_...'.")
     return principal
 
 
@@ -128,3 +97,4 @@ ProjectsRead = Annotated[Principal, Depends(key_with(Scope.projects_read))]
 ProjectRead = Annotated[ProjectAccess, Depends(project_with(Scope.projects_read))]
 StatsRead = Annotated[ProjectAccess, Depends(project_with(Scope.stats_read))]
 EventsWrite = Annotated[ProjectAccess, Depends(project_with(Scope.events_write))]
+KeysManage = Annotated[ProjectAccess, Depends(project_with(Scope.keys_manage))]

@@ -4,6 +4,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from openanalytics.auth.keys import Scope
 from openanalytics.auth.models import ApiKey
 
 
@@ -23,3 +24,22 @@ class KeyOut(BaseModel):
             id=key.id, project_id=key.project_id, name=key.name, prefix=key.prefix, scopes=list(key.scopes),
             created_at=key.created_at, last_used_at=key.last_used_at, revoked_at=key.revoked_at,
         )
+
+
+class KeyCreate(BaseModel):
+    model_config = {"extra": "forbid", "json_schema_extra": {"examples": [{"name": "backend", "scopes": ["events:write"]}]}}
+
+    name: str = Field(default="default", min_length=1, max_length=200)
+    scopes: list[Scope] | None = Field(
+        default=None,
+        description="At most the calling key's own scopes. Default: projects:read, stats:read, events:write.",
+    )
+
+
+class KeyCreated(KeyOut):
+    secret: str = Field(description="The key itself. Shown this once; only its hash is stored.",
+                        examples=["oa_live_Ab3xQ9mT2kLp7VwZ4nR8sY1cE6hJ0dF5gU3bN7aK"])
+
+
+class KeyList(BaseModel):
+    keys: list[KeyOut]

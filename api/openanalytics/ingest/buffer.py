@@ -6,13 +6,25 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 FIELD = b"e"
+
+
+class BufferUnavailable(Exception):
+    """The stream cannot be written; nothing was queued."""
 
 
 async def append(redis: aioredis.Redis, stream: str, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
+    try:
+        await _append(redis, stream, rows)
+    except (RedisError, OSError) as exc:
+        raise BufferUnavailable(str(exc)) from exc
+
+
+async def _append(redis: aioredis.Redis, stream: str, rows: list[dict[str, Any]]) -> None:
     # One transaction: a request's events are queued all together or not at all.
     async with redis.pipeline(transaction=True) as pipe:
         for row in rows:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from openanalytics.auth.dependencies import EventsWrite, stores_of
-from openanalytics.errors import ApiError, BadRequest
+from openanalytics.errors import ApiError, BadRequest, Unavailable
 from openanalytics.ingest import buffer
 from openanalytics.ingest.rows import event_row
 from openanalytics.ingest.schemas import EventIn, EventsQueued
@@ -117,7 +117,7 @@ def request_body_spec(max_batch: int) -> dict[str, Any]:
         "and nothing is queued."
     ),
     response_model=EventsQueued,
-    responses={**error_responses(400, 401, 403, 404, 413)},
+    responses=error_responses(400, 401, 403, 404, 413, 429, 503),
 )
 async def send_events(request: Request, access: EventsWrite) -> EventsQueued:
     stores = stores_of(request)
@@ -130,5 +130,9 @@ async def send_events(request: Request, access: EventsWrite) -> EventsQueued:
     for row in rows:
         if row["user_id"]:
             row["visitor_id"] = user_visitor_hash(access.project.id, row["user_id"])
-    await buffer.append(stores.redis, settings.stream_key, rows)
+    try:
+        await buffer.append(stores.redis, settings.stream_key, rows)
+    except buffer.BufferUnavailable:
+        raise Unavailable("The ingest buffer is unreachable; nothing was queued. Retry with backoff.",
+                          headers={"Retry-After": "5"}) from None
     return EventsQueued(count=len(rows), event_ids=[row["event_id"] for row in rows])

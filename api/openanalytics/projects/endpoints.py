@@ -14,7 +14,7 @@ router = APIRouter(tags=["Projects"])
     summary="List projects",
     description="The projects this API key can reach (a key belongs to one project).",
     response_model=ProjectList,
-    responses=error_responses(401, 403),
+    responses=error_responses(400, 401, 403, 429),
 )
 async def list_projects(request: Request, principal: ProjectsRead) -> ProjectList:
     project = await load_project(request, principal.project_id)
@@ -25,7 +25,7 @@ async def list_projects(request: Request, principal: ProjectsRead) -> ProjectLis
     "/v1/projects/{project_id}",
     summary="Get a project",
     response_model=ProjectOut,
-    responses=error_responses(401, 403, 404),
+    responses=error_responses(400, 401, 403, 404, 429),
 )
 async def get_project(access: ProjectRead) -> ProjectOut:
     return ProjectOut.of(access.project)

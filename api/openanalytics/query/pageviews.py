@@ -89,7 +89,7 @@ def bounds(start: date, end: date) -> dict[str, datetime]:
     response_model=PageviewsResult,
     response_model_by_alias=True,
     response_model_exclude_none=True,
-    responses=error_responses(400, 401, 403, 404),
+    responses=error_responses(400, 401, 403, 404, 429),
 )
 async def pageviews(
     request: Request,

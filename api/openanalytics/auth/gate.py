@@ -1,0 +1,81 @@
+"""The gate in front of `/v1`: who is calling, and whether their budget allows it.
+
+A pure ASGI middleware, so every `/v1` response (errors included, whoever produced them)
+gets the `X-RateLimit-*` headers. With a valid key they describe the key's budget for the
+minute; without one, the client IP's allowance of failed authentications (so keys cannot
+be brute-forced: past it every attempt from that IP is refused, valid or not, until the
+window ends).
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from openanalytics.auth.principals import Principals
+from openanalytics.auth.ratelimit import Budget, RateLimiter
+from openanalytics.ingest.client_ip import Network, client_ip
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def bearer_secret(scope: Scope) -> str | None:
+    value = _header(scope, b"authorization")
+    if value is None:
+        return None
+    scheme, _, secret = value.partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else None
+
+
+class ApiGate:
+    def __init__(self, app: ASGIApp, principals: Principals, limiter: RateLimiter | None, trusted: tuple[Network, ...]):
+        self.app = app
+        self.principals = principals
+        self.limiter = limiter  # None: budgets off (benchmarks compare against this)
+        self.trusted = trusted
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1"):
+            await self.app(scope, receive, send)
+            return
+        principal = await self.principals.resolve(bearer_secret(scope))
+        scope.setdefault("state", {})["principal"] = principal
+        if self.limiter is None:
+            await self.app(scope, receive, send)
+            return
+        peer = scope["client"][0] if scope.get("client") else ""
+        ip = client_ip(peer, _header(scope, b"x-forwarded-for"), self.trusted)
+        if principal is not None:
+            budget = await self.limiter.spend(principal.key_id, principal.requests_per_minute, ip)
+        else:
+            budget = await self.limiter.fail(ip)
+        if not budget.allowed:
+            await self._refuse(budget, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *budget.headers()]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    @staticmethod
+    async def _refuse(budget: Budget, send: Send) -> None:
+        body = orjson.dumps({
+            "error": "rate_limited",
+            "message": f"Too many requests; retry in {budget.reset_seconds} seconds.",
+        })
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(budget.reset_seconds).encode()),
+            *budget.headers(),
+        ]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
