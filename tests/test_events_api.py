@@ -175,17 +175,3 @@ async def test_missing_scope_is_403(client, make_tenant, stores):
     response = await client.post(f"/v1/projects/{reader.id}/events", json={"event_type": "pageview"}, headers=reader.headers)
     assert_error(response, 403, "insufficient_scope")
     assert await stream_length(stores) == 0
-
-
-async def test_revoked_key_is_refused_within_a_second(client, tenant, stores):
-    from openanalytics.auth.keys import revoke_key
-
-    assert (await client.get("/v1/projects", headers=tenant.headers)).status_code == 200
-    with stores.db.session() as session:
-        revoke_key(session, tenant.key.key.id)
-    deadline = time.monotonic() + 1.5
-    import asyncio
-
-    while (await client.get("/v1/projects", headers=tenant.headers)).status_code == 200:
-        assert time.monotonic() < deadline, "revoked key still accepted"
-        await asyncio.sleep(0.05)
