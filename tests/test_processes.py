@@ -216,3 +216,45 @@ def test_worker_killed_between_insert_and_ack_stores_exactly_once(tmp_path, post
     finally:
         assert stop(worker) == 0
     assert client.command(count) == 25
+
+
+@pytest.mark.server_stores
+def test_two_api_processes_share_one_budget_and_see_revocations(tmp_path, postgres_url, clickhouse_url):
+    import redis
+
+    redis_url = "redis://127.0.0.1:6379/12"
+    redis.Redis.from_url(redis_url).flushdb()
+    # A long cache lifetime: only the Redis announcement can make the revocation this fast.
+    env = clean_env(OA_DATABASE_URL=postgres_url, OA_REDIS_URL=redis_url, OA_CLICKHOUSE_URL=clickhouse_url,
+                    OA_CACHE_TTL_SECONDS="30")
+    project = cli(env, "projects", "create", "--name", "Shared budget", "--plan", "free")
+    admin = cli(env, "keys", "create", "--project", project["id"], "--scope", "keys:manage", "--scope", "projects:read")
+    reader = cli(env, "keys", "create", "--project", project["id"], "--scope", "projects:read")
+    ports = [free_port(), free_port()]
+    procs = [start(env, "serve", "--port", str(p), log=tmp_path / f"serve{p}.log") for p in ports]
+    try:
+        for port, proc in zip(ports, procs):
+            wait_ready(f"http://127.0.0.1:{port}", proc, tmp_path / f"serve{port}.log")
+        bases = [f"http://127.0.0.1:{p}" for p in ports]
+        headers = {"Authorization": f"Bearer {reader['secret']}"}
+        for n in range(60):
+            response = httpx.get(f"{bases[n % 2]}/v1/projects", headers=headers)
+            assert response.status_code == 200, (n, response.text)
+            assert response.headers["x-ratelimit-remaining"] == str(59 - n)
+        for base in bases:
+            assert httpx.get(f"{base}/v1/projects", headers=headers).status_code == 429
+
+        admin_headers = {"Authorization": f"Bearer {admin['secret']}"}
+        victim = httpx.post(f"{bases[0]}/v1/projects/{project['id']}/keys", headers=admin_headers,
+                            json={"scopes": ["projects:read"]}).json()
+        victim_headers = {"Authorization": f"Bearer {victim['secret']}"}
+        assert httpx.get(f"{bases[1]}/v1/projects", headers=victim_headers).status_code == 200  # cached there now
+        revoked_at = time.monotonic()
+        assert httpx.delete(f"{bases[0]}/v1/projects/{project['id']}/keys/{victim['id']}",
+                            headers=admin_headers).status_code == 200
+        while httpx.get(f"{bases[1]}/v1/projects", headers=victim_headers).status_code == 200:
+            assert time.monotonic() - revoked_at < 1.0, "the other process still accepts the revoked key"
+            time.sleep(0.02)
+    finally:
+        for port, proc in zip(ports, procs):
+            assert stop(proc) == 0, (tmp_path / f"serve{port}.log").read_text()
