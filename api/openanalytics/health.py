@@ -6,6 +6,7 @@ import asyncio
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 router = APIRouter(tags=["Health"])
@@ -13,9 +14,24 @@ router = APIRouter(tags=["Health"])
 CHECK_TIMEOUT_SECONDS = 3.0
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+class Health(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+    status: str
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "ok", "checks": {"database": "ok", "redis": "ok", "clickhouse": "ok"}}]
+        }
+    )
+    status: str = Field(description="ok, degraded (Redis down) or unavailable.")
+    checks: dict[str, str] = Field(description="Per store (and worker in standalone): ok or the error's type.")
+
+
+@router.get("/healthz", summary="Liveness: the process answers", response_model=Health)
+async def healthz() -> Health:
+    return Health(status="ok")
 
 
 async def _check(coro) -> str:
@@ -34,7 +50,8 @@ async def _check(coro) -> str:
         "makes the status `degraded` but keeps 200: queries still work, rate limits are not enforced, "
         "server-side events answer 503 and /collect drops hits."
     ),
-    responses={503: {"description": "Not ready."}},
+    response_model=Readiness,
+    responses={503: {"description": "Not ready.", "model": Readiness}},
 )
 async def readyz(request: Request) -> JSONResponse:
     stores = request.app.state.stores

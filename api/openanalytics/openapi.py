@@ -21,8 +21,26 @@ _DESCRIPTIONS = {
 }
 
 
+_EXAMPLES = {
+    400: ("validation_error", "from must not be after to"),
+    401: ("unauthorized", "Send a valid, unrevoked API key as 'Authorization: Bearer oa_live_...'."),
+    403: ("insufficient_scope", "This API key lacks the 'stats:read' scope."),
+    404: ("project_not_found", "No such project."),
+    413: ("payload_too_large", "the body is larger than 5242880 bytes"),
+    429: ("rate_limited", "Too many requests; retry in 42 seconds."),
+    503: ("unavailable", "The ingest buffer is unreachable; nothing was queued. Retry with backoff."),
+}
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]} for status in statuses}
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": _DESCRIPTIONS[status],
+            "content": {"application/json": {"example": dict(zip(("error", "message"), _EXAMPLES[status]))}},
+        }
+        for status in statuses
+    }
 
 
 RATE_LIMIT_HEADERS = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
@@ -23,6 +23,9 @@ from openanalytics.runtime import Stores
 
 # Documents the scheme in OpenAPI; the gate has already read the header.
 bearer = HTTPBearer(auto_error=False, description="An `oa_live_` API key.")
+
+
+ProjectId = Annotated[str, Path(description="The project's id.", examples=["prj_3f9a1c0b7d2e4a65"])]
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def project_with(scope: Scope):
     """A dependency: the path's project, reachable by this key only if it is its own, with `scope`."""
 
     async def dependency(
-        request: Request, project_id: str, principal: Annotated[Principal, Depends(authenticate)]
+        request: Request, project_id: ProjectId, principal: Annotated[Principal, Depends(authenticate)]
     ) -> ProjectAccess:
         if project_id != principal.project_id:
             raise NotFound("No such project.", "project_not_found")

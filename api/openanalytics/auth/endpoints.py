@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from openanalytics.auth.dependencies import KeysManage, stores_of
@@ -60,7 +62,11 @@ async def get_keys(request: Request, access: KeysManage) -> KeyList:
     response_model=KeyOut,
     responses=error_responses(400, 401, 403, 404, 429),
 )
-async def delete_key(request: Request, access: KeysManage, key_id: str) -> KeyOut:
+async def delete_key(
+    request: Request,
+    access: KeysManage,
+    key_id: Annotated[str, Path(description="The key's id (not its secret).", examples=["key_5e0c2a9b1f3d4e76"])],
+) -> KeyOut:
     def revoke():
         with stores_of(request).db.session() as session:
             key = session.get(ApiKey, key_id)

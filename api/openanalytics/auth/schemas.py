@@ -2,13 +2,27 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from openanalytics.auth.keys import Scope
 from openanalytics.auth.models import ApiKey
 
 
+KEY_EXAMPLE = {
+    "id": "key_5e0c2a9b1f3d4e76",
+    "project_id": "prj_3f9a1c0b7d2e4a65",
+    "name": "backend",
+    "prefix": "oa_live_Ab3x",
+    "scopes": ["events:write"],
+    "created_at": "2026-11-26T14:35:50.034703Z",
+    "last_used_at": None,
+    "revoked_at": None,
+}
+
+
 class KeyOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [KEY_EXAMPLE]})
+
     id: str = Field(examples=["key_5e0c2a9b1f3d4e76"])
     project_id: str
     name: str
@@ -37,9 +51,15 @@ class KeyCreate(BaseModel):
 
 
 class KeyCreated(KeyOut):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{**KEY_EXAMPLE, "secret": "oa_live_Ab3xQ9mT2kLp7VwZ4nR8sY1cE6hJ0dF5gU3bN7aK"}]}
+    )
+
     secret: str = Field(description="The key itself. Shown this once; only its hash is stored.",
                         examples=["oa_live_Ab3xQ9mT2kLp7VwZ4nR8sY1cE6hJ0dF5gU3bN7aK"])
 
 
 class KeyList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"keys": [KEY_EXAMPLE]}]})
+
     keys: list[KeyOut]

@@ -116,6 +116,10 @@ class EventIn(BaseModel):
 
 
 class EventsQueued(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"queued": True, "count": 1, "event_ids": ["4e8c6f69-0722-465a-aa93-4f45e4bd5cfe"]}]}
+    )
+
     queued: bool = Field(True, description="Always true: the events are on the ingest stream.")
     count: int = Field(description="How many events were queued.", examples=[1])
     event_ids: list[str] = Field(description="Ids given to the queued events, in request order.")

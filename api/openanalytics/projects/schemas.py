@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from openanalytics.projects.models import Project
 from openanalytics.projects.plans import Plan
@@ -15,7 +15,25 @@ class LimitsOut(BaseModel):
     collect_per_site_per_minute: int
 
 
+PROJECT_EXAMPLE = {
+    "id": "prj_3f9a1c0b7d2e4a65",
+    "name": "My shop",
+    "site_id": "site_8c1d2e3f4a5b6c7d",
+    "plan": "business",
+    "domains": ["example.com"],
+    "limits": {
+        "api_requests_per_minute": 6000,
+        "retention_days": 730,
+        "collect_per_ip_per_minute": 1200,
+        "collect_per_site_per_minute": 300000,
+    },
+    "created_at": "2026-11-26T14:35:50.034703Z",
+}
+
+
 class ProjectOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [PROJECT_EXAMPLE]})
+
     id: str = Field(examples=["prj_3f9a1c0b7d2e4a65"])
     name: str
     site_id: str = Field(description="Public id the tracker sends to /collect.", examples=["site_8c1d2e3f4a5b6c7d"])
@@ -43,4 +61,6 @@ class ProjectOut(BaseModel):
 
 
 class ProjectList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"projects": [PROJECT_EXAMPLE]}]})
+
     projects: list[ProjectOut] = Field(description="The projects this API key can reach.")

@@ -56,7 +56,25 @@ class PageviewsResult(BaseModel):
     totals: Counts
     results: list[PageviewsRow] = Field(description="One row per group; empty when not grouped.")
 
-    model_config = {"populate_by_name": True}
+    model_config = {
+        "populate_by_name": True,
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "project_id": "prj_3f9a1c0b7d2e4a65",
+                    "from": "2026-05-01",
+                    "to": "2026-05-12",
+                    "timezone": "UTC",
+                    "group_by": "path",
+                    "totals": {"pageviews": 1520, "visitors": 611, "events": 1874},
+                    "results": [
+                        {"path": "/", "pageviews": 900, "visitors": 480, "events": 1010},
+                        {"path": "/pricing", "pageviews": 620, "visitors": 301, "events": 864},
+                    ],
+                }
+            ]
+        },
+    }
 
 
 def check_range(start: date, end: date, retention_days: int, today: date) -> None:
@@ -96,8 +114,8 @@ async def pageviews(
     access: StatsRead,
     date_from: Annotated[date, Query(alias="from", description="First day, YYYY-MM-DD.", examples=["2026-05-01"])],
     date_to: Annotated[date, Query(alias="to", description="Last day, YYYY-MM-DD.", examples=["2026-05-12"])],
-    group_by: Annotated[GroupBy | None, Query(description="Group rows by this dimension.")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000, description="Most rows when grouped by path.")] = 100,
+    group_by: Annotated[GroupBy | None, Query(description="Group rows by this dimension.", examples=["path"])] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Most rows when grouped by path.", examples=[10])] = 100,
 ) -> PageviewsResult:
     project = access.project
     check_range(date_from, date_to, project.retention_days, datetime.now(UTC).date())
