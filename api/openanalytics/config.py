@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, description="Hot state (redis:// URL).")
     clickhouse_url: str | None = Field(default=None, description="Events (http(s):// or chdb:// URL).")
 
+    redis_max_connections: int = Field(default=50, ge=2, le=10_000, description="Redis connections per process.")
+
     host: str = "127.0.0.1"
     port: int = 8000
 

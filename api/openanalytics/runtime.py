@@ -27,7 +27,7 @@ class Stores:
         return cls(
             settings=settings,
             db=Database(settings.effective_database_url),
-            redis=make_redis(settings.redis_url),
+            redis=make_redis(settings.redis_url, settings.redis_max_connections),
             events=EventStore(settings.effective_clickhouse_url),
         )
 

@@ -34,6 +34,28 @@ class EventIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
+            # The cross-field rules of _consistent(), for clients that validate against the schema.
+            "allOf": [
+                {
+                    "if": {"properties": {"event_type": {"enum": ["event", "conversion"]}}},
+                    "then": {"required": ["event_name"], "properties": {"event_name": {"type": "string"}}},
+                },
+                {
+                    "if": {"properties": {"event_type": {"const": "identify"}}},
+                    "then": {"required": ["user_id"], "properties": {"user_id": {"type": "string"}}},
+                },
+                {
+                    "if": {"required": ["revenue"], "properties": {"revenue": {"not": {"type": "null"}}}},
+                    "then": {
+                        "required": ["currency"],
+                        "properties": {"event_type": {"const": "conversion"}, "currency": {"type": "string"}},
+                    },
+                },
+                {
+                    "if": {"required": ["currency"], "properties": {"currency": {"not": {"type": "null"}}}},
+                    "then": {"required": ["revenue"], "properties": {"revenue": {"not": {"type": "null"}}}},
+                },
+            ],
             "examples": [
                 {
                     "event_type": "conversion",
