@@ -1,107 +1,158 @@
 """Throughput of authenticated GET and POST with the rate-limit check on and off, in one run.
 
-Both apps share the same stores and run in this process (ASGI, no sockets), so the
-numbers are the app's own cost; the check's share would be smaller behind real HTTP.
-Rounds alternate between off and on and the median round counts, to even out noise.
+Two API servers (uvicorn, one process each) run side by side on the same stores, one with
+the check and one without; a small keep-alive HTTP load generator (raw sockets, so it
+costs the machine little) alternates rounds between them, and the median round counts.
 
-    python benchmarks/api_ratelimit.py [--requests 3000] [--rounds 5] [--concurrency 32]
+    python benchmarks/api_ratelimit.py [--seconds 3] [--rounds 5] [--connections 32] [--stores redis,embedded]
 
-Needs Redis on 127.0.0.1:6379 for the "redis" rows (database 13 is flushed).
+The "redis" rows need Redis on 127.0.0.1:6379 (database 13 is flushed); "embedded" uses
+the in-process fakeredis of each server.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-import redis
-
-from openanalytics import migrations
-from openanalytics.app import create_app
-from openanalytics.auth.keys import issue_key
-from openanalytics.config import Settings
-from openanalytics.projects.service import create_project
-from openanalytics.runtime import Stores
-from openanalytics.stores.clickhouse import EventStore
-from openanalytics.stores.redis import make_redis
-from openanalytics.stores.sql import Database
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
+ROOT = Path(__file__).resolve().parent.parent
 
 
-async def run_round(client: httpx.AsyncClient, method: str, url: str, headers: dict, body, total: int, concurrency: int) -> float:
-    remaining = total
+def serve(port: int, limits: bool) -> None:
+    """Run one API server (called in a child process)."""
+    import uvicorn
 
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            response = await client.request(method, url, headers=headers, json=body)
-            if response.status_code >= 300:
-                raise RuntimeError(f"{response.status_code} {response.text}")
+    from openanalytics.app import create_app
+    from openanalytics.config import Settings
+    from openanalytics.runtime import Stores
+
+    stores = Stores.open(Settings())
+    app = create_app(stores, owns_stores=True, rate_limits=limits)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def load(port: int, request: bytes, seconds: float, connections: int) -> float:
+    """Requests per second over `connections` keep-alive connections for `seconds`."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def connection() -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < deadline:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                if status >= 300:
+                    raise RuntimeError(f"status {status}: {head!r}")
+                length = next(
+                    int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+                )
+                await reader.readexactly(length)
+                done += 1
+        finally:
+            writer.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return total / (time.perf_counter() - started)
+    await asyncio.gather(*(connection() for _ in range(connections)))
+    return done / (time.perf_counter() - started)
 
 
-async def measure(kind: str, args, workdir: Path, events: EventStore) -> list[tuple]:
-    db = Database(f"sqlite:///{workdir / f'{kind}.sqlite3'}")
-    migrations.upgrade(db.engine)
+def http_request(method: str, path: str, secret: str, body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: bench", f"Authorization: Bearer {secret}", f"Content-Length: {len(body)}"]
+    if body:
+        lines.append("Content-Type: application/json")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def start_server(env: dict, port: int, limits: bool) -> subprocess.Popen:
+    code = f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import api_ratelimit; api_ratelimit.serve({port}, {limits})"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT)
+    for _ in range(150):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def cli(env: dict, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "openanalytics.cli", *args, "--json"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+async def measure(kind: str, args, workdir: Path) -> list[tuple]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OA_")}
+    env["OA_DATABASE_URL"] = f"sqlite:///{workdir / f'{kind}.sqlite3'}"
     if kind == "redis":
+        import redis
+
         redis.Redis.from_url(REDIS_URL).flushdb()
-    hot = make_redis(REDIS_URL if kind == "redis" else None)
-    stores = Stores(settings=Settings(data_dir=workdir, cache_ttl_seconds=60), db=db, redis=hot, events=events)
-    with db.session() as session:
-        project = create_project(session, "bench", "enterprise", overrides={"api_requests_per_minute": 10**9})
-        secret = issue_key(session, project.id).secret
-    headers = {"Authorization": f"Bearer {secret}"}
-    cases = [
-        ("GET /v1/projects/{id}", "GET", f"/v1/projects/{project.id}", None),
-        ("POST /v1/projects/{id}/events", "POST", f"/v1/projects/{project.id}/events", {"event_type": "pageview", "url": "https://a.example/"}),
-    ]
-    clients = {}
+        env["OA_REDIS_URL"] = REDIS_URL
+    project = cli(env, "projects", "create", "--name", "bench", "--plan", "enterprise", "--limit", "api_requests_per_minute=1000000000")
+    secret = cli(env, "keys", "create", "--project", project["id"])["secret"]
+    servers = {}
     for label, limits in (("off", False), ("on", True)):
-        transport = httpx.ASGITransport(app=create_app(stores, rate_limits=limits), client=("198.51.100.1", 1))
-        clients[label] = httpx.AsyncClient(transport=transport, base_url="http://bench")
+        port = free_port()
+        server_env = {**env, "OA_DATA_DIR": str(workdir / f"{kind}-{label}"), "OA_CACHE_TTL_SECONDS": "60"}
+        servers[label] = (port, start_server(server_env, port, limits))
+    event = json.dumps({"event_type": "pageview", "url": "https://a.example/"}).encode()
+    cases = [
+        ("GET /v1/projects/{id}", http_request("GET", f"/v1/projects/{project['id']}", secret)),
+        ("POST /v1/projects/{id}/events", http_request("POST", f"/v1/projects/{project['id']}/events", secret, event)),
+    ]
     rows = []
-    for name, method, url, body in cases:
-        rates = {"off": [], "on": []}
-        for label in ("off", "on"):  # warm-up
-            await run_round(clients[label], method, url, headers, body, 200, args.concurrency)
-        for _ in range(args.rounds):
-            for label in ("off", "on"):
-                rates[label].append(await run_round(clients[label], method, url, headers, body, args.requests, args.concurrency))
-        off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
-        rows.append((name, kind, off, on, 1 - on / off))
-        await hot.delete(stores.settings.stream_key)
-    for client in clients.values():
-        await client.aclose()
-    await hot.aclose()
-    db.dispose()
+    try:
+        for name, request in cases:
+            rates = {"off": [], "on": []}
+            for label in ("off", "on"):  # warm-up
+                await load(servers[label][0], request, 0.5, args.connections)
+            for _ in range(args.rounds):
+                for label in ("off", "on"):
+                    rates[label].append(await load(servers[label][0], request, args.seconds, args.connections))
+            off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
+            rows.append((name, kind, off, on, 1 - on / off))
+    finally:
+        for _, proc in servers.values():
+            proc.terminate()
+            proc.wait(10)
     return rows
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of one round")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--stores", default="redis,embedded", help="comma-separated: redis, embedded")
     args = parser.parse_args()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        events = EventStore(f"chdb://{workdir / 'clickhouse'}")
-        rows = []
         for kind in args.stores.split(","):
-            rows += await measure(kind, args, workdir, events)
-        events.close()
-    print(f"{args.requests} requests x {args.rounds} rounds, {args.concurrency} concurrent, median round\n")
+            rows += await measure(kind, args, Path(tmp))
+    print(f"\n{args.rounds} rounds of {args.seconds:g} s per server, {args.connections} keep-alive connections, median round\n")
     print("| endpoint | hot store | check off (req/s) | check on (req/s) | cost of the check |")
     print("|---|---|---:|---:|---:|")
     for name, kind, off, on, cost in rows:
