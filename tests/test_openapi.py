@@ -60,3 +60,10 @@ async def test_spec_validates_and_documents_examples_and_rate_limit_headers(clie
                 assert {"401", "429"} <= set(operation["responses"]), where
     body = spec["paths"]["/v1/projects/{project_id}/events"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"]["oneOf"][1]["maxItems"] == 1000 and set(body["examples"]) == {"one", "batch"}
+
+
+async def test_operation_ids_are_plain_and_unique(client):
+    spec = (await client.get("/openapi.json")).json()
+    ids = [op["operationId"] for ops in spec["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    assert all(i.isidentifier() and not i.endswith(("_get", "_post", "_delete")) for i in ids), ids

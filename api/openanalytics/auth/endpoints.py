@@ -26,7 +26,7 @@ router = APIRouter(tags=["API keys"])
     response_model=KeyCreated,
     responses=error_responses(400, 401, 403, 404, 429),
 )
-async def create_key(request: Request, access: KeysManage, body: KeyCreate) -> KeyCreated:
+async def create_api_key(request: Request, access: KeysManage, body: KeyCreate) -> KeyCreated:
     scopes = [s.value for s in body.scopes] if body.scopes else [s.value for s in DEFAULT_SCOPES]
     beyond = sorted(set(scopes) - access.principal.scopes)
     if beyond:
@@ -47,7 +47,7 @@ async def create_key(request: Request, access: KeysManage, body: KeyCreate) -> K
     response_model=KeyList,
     responses=error_responses(400, 401, 403, 404, 429),
 )
-async def get_keys(request: Request, access: KeysManage) -> KeyList:
+async def list_api_keys(request: Request, access: KeysManage) -> KeyList:
     def read():
         with stores_of(request).db.session() as session:
             return KeyList(keys=[KeyOut.of(k) for k in list_keys(session, access.project.id)])
@@ -62,7 +62,7 @@ async def get_keys(request: Request, access: KeysManage) -> KeyList:
     response_model=KeyOut,
     responses=error_responses(400, 401, 403, 404, 429),
 )
-async def delete_key(
+async def revoke_api_key(
     request: Request,
     access: KeysManage,
     key_id: Annotated[str, Path(description="The key's id (not its secret).", examples=["key_5e0c2a9b1f3d4e76"])],

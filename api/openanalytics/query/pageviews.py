@@ -109,7 +109,7 @@ def bounds(start: date, end: date) -> dict[str, datetime]:
     response_model_exclude_none=True,
     responses=error_responses(400, 401, 403, 404, 429),
 )
-async def pageviews(
+async def get_pageviews(
     request: Request,
     access: StatsRead,
     date_from: Annotated[date, Query(alias="from", description="First day, YYYY-MM-DD.", examples=["2026-05-01"])],
