@@ -118,3 +118,13 @@ async def test_without_redis_reads_work_writes_say_503_and_collect_stays_silent(
         hit = await http.post("/collect", json={"site_id": tenant.site_id, "url": "https://a.example/"})
         assert hit.status_code == 204 and hit.content == b""
     await dead.aclose()
+
+
+async def test_an_unexpected_failure_is_a_500_in_the_error_shape_with_headers(client, tenant, monkeypatch):
+    def broken(project):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("openanalytics.projects.endpoints.ProjectOut.of", broken)
+    response = await client.get(f"/v1/projects/{tenant.id}", headers=tenant.headers)
+    assert_error(response, 500, "internal_error")
+    assert budget(response)[0] == 6000

@@ -9,12 +9,16 @@ window ends).
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openanalytics.auth.principals import Principals
 from openanalytics.auth.ratelimit import Budget, RateLimiter
 from openanalytics.ingest.client_ip import Network, client_ip
+
+log = logging.getLogger(__name__)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -58,24 +62,33 @@ class ApiGate:
             await self._refuse(budget, send)
             return
 
+        started = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message = {**message, "headers": [*message.get("headers", []), *budget.headers()]}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            # Answered here, not by Starlette's outer error middleware, so a 500 has the headers too.
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not started:
+                await _answer(send, 500, "internal_error", "The server failed; retrying with backoff is safe.",
+                              budget.headers())
 
     @staticmethod
     async def _refuse(budget: Budget, send: Send) -> None:
-        body = orjson.dumps({
-            "error": "rate_limited",
-            "message": f"Too many requests; retry in {budget.reset_seconds} seconds.",
-        })
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(budget.reset_seconds).encode()),
-            *budget.headers(),
-        ]
-        await send({"type": "http.response.start", "status": 429, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        message = f"Too many requests; retry in {budget.reset_seconds} seconds."
+        extra = [(b"retry-after", str(budget.reset_seconds).encode()), *budget.headers()]
+        await _answer(send, 429, "rate_limited", message, extra)
+
+
+async def _answer(send: Send, status: int, code: str, message: str, headers: list[tuple[bytes, bytes]]) -> None:
+    body = orjson.dumps({"error": code, "message": message})
+    base = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": [*base, *headers]})
+    await send({"type": "http.response.body", "body": body})
