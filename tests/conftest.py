@@ -29,6 +29,7 @@ from openanalytics.stores.sql import Database
 from openanalytics.worker.runner import Worker
 from tests.support import clickhouse_http
 
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 Safari/537.36"
 PG_ADMIN_URL = os.environ.get("OA_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("OA_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
@@ -91,7 +92,7 @@ async def stores(request, tmp_path) -> AsyncIterator[Stores]:
 async def client(stores) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(stores)
     transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 51000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver", headers={"User-Agent": BROWSER}) as http:
         yield http
 
 

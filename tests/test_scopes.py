@@ -12,7 +12,7 @@ from openanalytics.app import create_app
 from openanalytics.auth.keys import Scope
 from tests.helpers import assert_error
 
-PUBLIC = {("POST", "/collect"), ("OPTIONS", "/collect"), ("GET", "/healthz"), ("GET", "/readyz")}
+PUBLIC = {("GET", "/oa.js"), ("POST", "/collect"), ("OPTIONS", "/collect"), ("GET", "/healthz"), ("GET", "/readyz")}
 
 # (method, path) -> (scope, request kwargs that are valid apart from authorisation)
 ROUTES = {
@@ -20,6 +20,8 @@ ROUTES = {
     ("GET", "/v1/projects/{project_id}"): (Scope.projects_read, {}),
     ("POST", "/v1/projects/{project_id}/events"): (Scope.events_write, {"json": {"event_type": "pageview"}}),
     ("GET", "/v1/projects/{project_id}/pageviews"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
+    ("GET", "/v1/projects/{project_id}/verify"): (Scope.stats_read, {}),
+    ("GET", "/v1/projects/{project_id}/usage"): (Scope.stats_read, {}),
     ("POST", "/v1/projects/{project_id}/keys"): (Scope.keys_manage, {"json": {"scopes": ["stats:read"]}}),
     ("GET", "/v1/projects/{project_id}/keys"): (Scope.keys_manage, {}),
     ("DELETE", "/v1/projects/{project_id}/keys/{key_id}"): (Scope.keys_manage, {}),

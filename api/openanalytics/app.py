@@ -15,11 +15,14 @@ from openanalytics.auth.principals import Principals, listen_for_changes
 from openanalytics.auth.ratelimit import RateLimiter
 from openanalytics.cache import TTLCache
 from openanalytics.ingest.client_ip import parse_networks
+from openanalytics.ingest.geo import Geo
 from openanalytics.ingest import collect, events
 from openanalytics.ingest.schemas import EventIn
 from openanalytics.openapi import build_openapi
 from openanalytics.projects import endpoints as projects
-from openanalytics.query import pageviews
+from openanalytics.ingest import verify
+from openanalytics.query import pageviews, usage
+from openanalytics.tracker import endpoints as tracker
 from openanalytics.runtime import Stores
 from openanalytics.worker.runner import Worker
 
@@ -78,13 +81,17 @@ def create_app(
     settings = stores.settings
     app.state.principals = Principals(stores.db, settings.cache_ttl_seconds)
     app.state.project_cache = TTLCache(settings.cache_ttl_seconds)
-    app.state.collector = collect.Collector(app.state)
-    limiter = RateLimiter(stores.redis, settings.auth_failures_per_minute) if rate_limits else None
+    limiter = RateLimiter(stores.redis, settings.auth_failures_per_minute)
+    app.state.geo = Geo(settings.effective_geoip_path)
+    app.state.collector = collect.Collector(stores, app.state.geo, limiter)
     app.add_middleware(
-        ApiGate, principals=app.state.principals, limiter=limiter, trusted=parse_networks(settings.trusted_proxies)
+        ApiGate,
+        principals=app.state.principals,
+        limiter=limiter if rate_limits else None,
+        trusted=parse_networks(settings.trusted_proxies),
     )
     errors.install(app)
-    for module in (health, collect, events, projects, keys, pageviews):
+    for module in (health, tracker, collect, events, verify, projects, keys, pageviews, usage):
         app.include_router(module.router)
     events_body = {"requestBody": events.request_body_spec(stores.settings.events_max_batch)}
     app.openapi = lambda: build_openapi(app, [EventIn], {("/v1/projects/{project_id}/events", "post"): events_body})

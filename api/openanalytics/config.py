@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     )
     cache_ttl_seconds: float = Field(default=1.0, ge=0, le=60, description="Project/key cache lifetime.")
 
+    geoip_path: Path | None = Field(
+        default=None,
+        description="MaxMind-format database (City or Country). Default: OA_DATA_DIR/geoip/country.mmdb if present.",
+    )
+
     log_level: str = "INFO"
 
     @field_validator("trusted_proxies", mode="before")
@@ -81,6 +86,10 @@ class Settings(BaseSettings):
     @property
     def effective_clickhouse_url(self) -> str:
         return self.clickhouse_url or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def effective_geoip_path(self) -> Path:
+        return self.geoip_path or self.data_dir / "geoip" / "country.mmdb"
 
     @property
     def clickhouse_is_embedded(self) -> bool:

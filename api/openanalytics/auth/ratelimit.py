@@ -24,6 +24,7 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
@@ -33,19 +34,21 @@ log = logging.getLogger(__name__)
 WINDOW_MS = 60_000
 _WARN_EVERY_SECONDS = 10.0
 
-# KEYS[1] the IP's failed-authentication counter, KEYS[2] the counter to spend (or none).
-# ARGV[1] window ms, ARGV[2] the IP's failure allowance, ARGV[3] how many requests to add.
-# Returns {blocked (0/1), count after adding, ttl_ms}; when blocked, nothing is added.
+# KEYS[1] the counter to add to, KEYS[2] an optional guard (the IP's failed authentications):
+# while the guard is at ARGV[2] or more, nothing is added and the answer is "blocked".
+# ARGV[1] window ms, ARGV[3] how many requests to add.
+# Returns {blocked (0/1), count after adding (or the guard's count), ttl_ms}.
 _SCRIPT = """
-local failures = tonumber(redis.call('GET', KEYS[1]) or '0')
-if failures >= tonumber(ARGV[2]) then
-  return {1, failures, redis.call('PTTL', KEYS[1])}
+if KEYS[2] then
+  local guard = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if guard >= tonumber(ARGV[2]) then
+    return {1, guard, redis.call('PTTL', KEYS[2])}
+  end
 end
-local key = KEYS[2] or KEYS[1]
-local count = redis.call('INCRBY', key, ARGV[3])
-local ttl = redis.call('PTTL', key)
+local count = redis.call('INCRBY', KEYS[1], ARGV[3])
+local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then
-  redis.call('PEXPIRE', key, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
   ttl = tonumber(ARGV[1])
 end
 return {0, count, ttl}
@@ -67,12 +70,17 @@ class Budget:
         ]
 
 
+@lru_cache(maxsize=10_000)
+def ip_tag(ip: str) -> str:
+    """A hash, so no raw IP sits in Redis either."""
+    return hashlib.sha256(ip.encode()).hexdigest()[:24]
+
+
 def _ip_key(ip: str) -> str:
-    # A hash, so no raw IP sits in Redis either.
-    return "oa:rl:authfail:" + hashlib.sha256(ip.encode()).hexdigest()[:24]
+    return "oa:rl:authfail:" + ip_tag(ip)
 
 
-# (IP failure counter, counter to spend or None) -> [(limit, future), ...] in arrival order
+# (counter, guard or None) -> [(limit, future), ...] in arrival order
 Waiting = dict[tuple[str, str | None], list[tuple[int, asyncio.Future]]]
 
 
@@ -87,11 +95,15 @@ class RateLimiter:
 
     async def spend(self, key_id: str, limit: int, ip: str) -> Budget:
         """One request of a valid key (refused outright while the IP is over its failure allowance)."""
-        return await self._queue((_ip_key(ip), f"oa:rl:key:{key_id}"), limit)
+        return await self._queue((f"oa:rl:key:{key_id}", _ip_key(ip)), limit)
 
     async def fail(self, ip: str) -> Budget:
         """One failed authentication from this IP."""
         return await self._queue((_ip_key(ip), None), self.failure_limit)
+
+    async def count(self, counter: str, limit: int) -> Budget:
+        """One request against any per-minute budget (the /collect gates)."""
+        return await self._queue((counter, None), limit)
 
     async def _queue(self, counters: tuple[str, str | None], limit: int) -> Budget:
         future = asyncio.get_running_loop().create_future()
@@ -117,8 +129,8 @@ class RateLimiter:
     async def _count(self, batch: Waiting) -> list:
         for attempt in (1, 2):
             async with self.redis.pipeline(transaction=False) as pipe:
-                for (ip_key, counter), waiters in batch.items():
-                    keys = [ip_key] if counter is None else [ip_key, counter]
+                for (counter, guard), waiters in batch.items():
+                    keys = [counter] if guard is None else [counter, guard]
                     # EVALSHA directly: redis-py's Script in a pipeline asks SCRIPT EXISTS every time.
                     pipe.evalsha(self._sha, len(keys), *keys, WINDOW_MS, self.failure_limit, len(waiters))
                 try:

@@ -1,8 +1,12 @@
 """Cookieless visitor ids and sessions.
 
 A visitor is a keyed hash of (the day's salt, project, User-Agent, Accept-Language,
-anonymised IP). Salts live in Redis so every pod hashes alike; each expires after two days
-(yesterday's is still there at midnight so visits do not split), then it is gone for good.
+anonymised IP). Salts live in Redis so every pod hashes alike, and each expires two days
+after it was made: yesterday's is still there after midnight, so a visit that crosses
+midnight keeps its visitor and session; older ones are gone for good.
+
+A session ends after 30 minutes without events. Sessions keep their last-seen time (from
+the injectable clock, not Redis expiry), so the idle rule is exact and testable.
 """
 
 from __future__ import annotations
@@ -10,14 +14,15 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import secrets
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 
 import redis.asyncio as aioredis
 
 from openanalytics.cache import TTLCache
 
 SALT_TTL_SECONDS = 2 * 24 * 3600
-SESSION_IDLE_SECONDS = 30 * 60
+SESSION_IDLE = timedelta(minutes=30)
+_IDLE_MS = int(SESSION_IDLE.total_seconds() * 1000)
 
 
 def anonymise_ip(ip: str) -> str:
@@ -30,6 +35,10 @@ def anonymise_ip(ip: str) -> str:
         addr = addr.ipv4_mapped
     prefix = 24 if addr.version == 4 else 48
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
+
+
+def day_of(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d")
 
 
 class Salts:
@@ -55,25 +64,49 @@ class Salts:
 def visitor_hash(salt: bytes, project_id: str, user_agent: str, accept_language: str, anon_ip: str) -> int:
     material = "\x1f".join((project_id, user_agent, accept_language, anon_ip)).encode()
     digest = hashlib.blake2b(material, key=salt, digest_size=8).digest()
-    return int.from_bytes(digest, "big") or 1
+    return int.from_bytes(digest, "big") >> 1 or 1  # 63 bits: fits every integer type on the way
 
 
 def user_visitor_hash(project_id: str, user_id: str) -> int:
     """Server-side events name their user; the visitor is that user, stable across days."""
     digest = hashlib.blake2b(f"{project_id}\x1f{user_id}".encode(), digest_size=8, person=b"oa-user").digest()
-    return int.from_bytes(digest, "big") or 1
+    return int.from_bytes(digest, "big") >> 1 or 1
 
 
-def today(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).strftime("%Y-%m-%d")
+# KEYS[1] today's visitor session, KEYS[2] yesterday's (may be absent)
+# ARGV[1] now ms, ARGV[2] idle ms, ARGV[3] a fresh session id
+# Returns {session id, 1 if yesterday's visitor continues}
+_SESSION_SCRIPT = """
+local now, idle = tonumber(ARGV[1]), tonumber(ARGV[2])
+local function live(key)
+  local value = redis.call('GET', key)
+  if not value then return nil end
+  local sid, seen = string.match(value, '^(%d+):(%d+)$')
+  if sid and now - tonumber(seen) <= idle then return sid end
+  return nil
+end
+local key, continued = KEYS[1], 0
+local sid = live(KEYS[1])
+if not sid and KEYS[2] then
+  sid = live(KEYS[2])
+  if sid then key, continued = KEYS[2], 1 end
+end
+sid = sid or ARGV[3]
+redis.call('SET', key, sid .. ':' .. ARGV[1], 'PX', idle * 2)
+return {sid, continued}
+"""
 
 
-async def session_for(redis: aioredis.Redis, project_id: str, visitor_id: int) -> int:
-    """The visitor's current session id; a new one after 30 idle minutes."""
-    key = f"oa:sess:{project_id}:{visitor_id}"
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.set(key, secrets.randbits(63) or 1, nx=True, ex=SESSION_IDLE_SECONDS)
-        pipe.expire(key, SESSION_IDLE_SECONDS)
-        pipe.get(key)
-        _, _, value = await pipe.execute()
-    return int(value)
+class Sessions:
+    def __init__(self, redis: aioredis.Redis):
+        self.redis = redis
+        self._script = redis.register_script(_SESSION_SCRIPT)
+
+    async def session_for(self, project_id: str, visitor: int, previous_visitor: int | None, now: datetime) -> tuple[int, bool]:
+        """(session id, whether it is `previous_visitor`'s session continuing across midnight)."""
+        keys = [f"oa:sess:{project_id}:{visitor}"]
+        if previous_visitor is not None:
+            keys.append(f"oa:sess:{project_id}:{previous_visitor}")
+        now_ms = int(now.timestamp() * 1000)
+        sid, continued = await self._script(keys=keys, args=[now_ms, _IDLE_MS, secrets.randbits(62) or 1])
+        return int(sid), bool(int(continued))

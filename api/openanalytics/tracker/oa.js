@@ -1,0 +1,76 @@
+/*! OpenAnalytics tracker. <script defer src="…/oa.js" data-site-id="site_…" [data-api="…/collect"] [data-respect-dnt="true"]> */
+(function (w, d, n) {
+  var s = d.currentScript, site = s && s.getAttribute("data-site-id");
+  if (!site) return;
+  var api = s.getAttribute("data-api") || new URL(s.src).origin + "/collect";
+  var UID = "_oaa_uid", SID = "_oaa_sid", OUT = "_oaa_optout";
+  function store(persist) { try { return persist ? w.localStorage : w.sessionStorage; } catch (e) {} }
+  function get(k, p) { var st = store(p); return st ? st.getItem(k) : null; }
+  function set(k, v, p) { var st = store(p); if (st) { try { v == null ? st.removeItem(k) : st.setItem(k, v); } catch (e) {} } }
+  var dnt = s.getAttribute("data-respect-dnt") === "true" &&
+    (n.doNotTrack == "1" || w.doNotTrack == "1" || n.msDoNotTrack == "1");
+  var off = dnt || get(OUT, 1) === "1";
+
+  function send(p) {
+    if (off) return;
+    p.site_id = site;
+    p.url = location.href;
+    if (d.referrer) p.referrer = d.referrer;
+    p.screen_width = w.screen && screen.width;
+    p.language = n.language;
+    var uid = get(UID, 1);
+    if (uid && !p.user_id) p.user_id = uid;
+    var body = JSON.stringify(p);
+    // sendBeacon sends text/plain: no CORS preflight, and it survives page unloads.
+    if (!(n.sendBeacon && n.sendBeacon(api, body))) {
+      fetch(api, { method: "POST", body: body, keepalive: true, headers: { "Content-Type": "text/plain" } })["catch"](function () {});
+    }
+  }
+
+  function pageview() {
+    if (get(SID) === location.href) return; // the same page again (replaceState, reload)
+    set(SID, location.href);
+    send({ event_type: "pageview" });
+  }
+
+  function props(o) {
+    var out = {}, k;
+    for (k in o || {}) if (k !== "revenue" && k !== "currency") out[k] = o[k];
+    return out;
+  }
+
+  var api_ = {
+    event: function (name, p) { send({ event_type: "event", event_name: name, properties: props(p) }); },
+    identify: function (id, traits) {
+      if (off) return;
+      set(UID, String(id), 1);
+      send({ event_type: "identify", user_id: String(id), properties: props(traits) });
+    },
+    conversion: function (name, o) {
+      o = o || {};
+      var p = { event_type: "conversion", event_name: name, properties: props(o) };
+      if (o.revenue != null) { p.revenue = o.revenue; p.currency = o.currency; }
+      send(p);
+    },
+    optOut: function () {
+      off = true;
+      set(UID, null, 1); set(SID, null); set(OUT, "1", 1);
+    },
+    pageview: pageview
+  };
+
+  function oa(cmd) {
+    var f = api_[cmd];
+    if (f) f.apply(null, [].slice.call(arguments, 1));
+  }
+  var queued = (w.oa && w.oa.q) || [];
+  w.oa = oa;
+  for (var i = 0; i < queued.length; i++) oa.apply(null, queued[i]);
+
+  ["pushState", "replaceState"].forEach(function (m) {
+    var orig = history[m];
+    history[m] = function () { var r = orig.apply(this, arguments); pageview(); return r; };
+  });
+  w.addEventListener("popstate", pageview);
+  pageview();
+})(window, document, navigator);
