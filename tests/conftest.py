@@ -89,8 +89,12 @@ async def stores(request, tmp_path) -> AsyncIterator[Stores]:
 
 
 @pytest.fixture
-async def client(stores) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(stores)
+def app(stores):
+    return create_app(stores)
+
+
+@pytest.fixture
+async def client(app) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 51000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver", headers={"User-Agent": BROWSER}) as http:
         yield http

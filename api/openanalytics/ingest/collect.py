@@ -7,7 +7,6 @@ reaches the response, but for a known site the outcome is kept for Verify Instal
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections import Counter
@@ -190,14 +189,13 @@ class Collector:
             raise Dropped(DropReason.bot)
 
     async def check_rate_limits(self, hit: Hit, event: Event) -> None:
+        # One after the other, so the site's budget counts only what the IP's let through.
         project = event.project
-        per_ip, per_site = await asyncio.gather(
-            self.limiter.count(f"oa:rl:collect:ip:{project.id}:{ip_tag(hit.ip)}", project.collect_per_ip_per_minute),
-            self.limiter.count(f"oa:rl:collect:site:{project.id}", project.collect_per_site_per_minute),
-        )
-        if not per_ip.allowed:
+        per_ip = f"oa:rl:collect:ip:{project.id}:{ip_tag(hit.ip)}"
+        if not (await self.limiter.count(per_ip, project.collect_per_ip_per_minute)).allowed:
             raise Dropped(DropReason.rate_limited_ip)
-        if not per_site.allowed:
+        per_site = f"oa:rl:collect:site:{project.id}"
+        if not (await self.limiter.count(per_site, project.collect_per_site_per_minute)).allowed:
             raise Dropped(DropReason.rate_limited_site)
 
     async def put_location(self, hit: Hit, event: Event) -> None:
@@ -237,7 +235,8 @@ class Collector:
         if event.project is None:
             return  # unknown site: nothing to attribute it to
         entries, drops = hit.seen.setdefault(event.project.id, ([], Counter()))
-        entries.append(arrivals.entry(hit.received, event.item, outcome, event.row.get("event_id")))
+        event_id = event.row.get("event_id") if outcome == "accepted" else None
+        entries.append(arrivals.entry(hit.received, event.item, outcome, event_id))
         if outcome != "accepted":
             drops[outcome] += 1
 

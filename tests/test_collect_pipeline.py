@@ -1,0 +1,266 @@
+"""The /collect pipeline: each gate, each enrichment, visitors and sessions over time, Verify Installation, usage."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from openanalytics.ingest.geo import Geo
+from openanalytics.ingest.visitor import anonymise_ip
+from tests.conftest import BROWSER
+from tests.helpers import stored_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+UA = {
+    "mac_chrome": BROWSER.replace("X11; Linux x86_64", "Macintosh; Intel Mac OS X 10_15_7"),
+    "iphone": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
+    "ipad": "Mozilla/5.0 (iPad; CPU OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
+    "android_phone": "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 Mobile Safari/537.36",
+    "android_tablet": "Mozilla/5.0 (Linux; Android 13; SM-X710) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 Safari/537.36",
+    "firefox_windows": "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:132.0) Gecko/20100101 Firefox/132.0",
+}
+BOTS = {
+    "googlebot": "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "headless chrome": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/130.0.0.0 Safari/537.36",
+    "curl": "curl/8.5.0",
+    "empty": "",
+    "ahrefs": "Mozilla/5.0 (compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)",
+}
+
+
+@pytest.fixture(scope="session")
+def country_db() -> Path:
+    path = ROOT / ".tools" / "geoip" / "country.mmdb"
+    subprocess.run([str(ROOT / "scripts" / "fetch-geoip"), str(path)], check=True, capture_output=True, timeout=300)
+    return path
+
+
+@pytest.fixture(scope="session")
+def city_db(tmp_path_factory) -> Path:
+    """A tiny City-format database: the country one has no regions or cities."""
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(ip_version=6, database_type="GeoIP2-City", ipv4_compatible=True)
+    writer.insert_network(IPSet(["198.51.100.0/24"]), {
+        "country": {"iso_code": "NL"}, "subdivisions": [{"iso_code": "NH"}], "city": {"names": {"en": "Amsterdam"}}})
+    writer.insert_network(IPSet(["2001:db8::/32"]), {
+        "country": {"iso_code": "DE"}, "subdivisions": [{"iso_code": "BE"}], "city": {"names": {"en": "Berlin"}}})
+    path = tmp_path_factory.mktemp("geo") / "city.mmdb"
+    writer.to_db_file(str(path))
+    return path
+
+
+def client_at(app, ip: str, ua: str = BROWSER, **headers) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(ip, 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://t", headers={"User-Agent": ua, **headers})
+
+
+async def send(app, tenant, ip="198.51.100.7", ua=BROWSER, headers=None, **fields) -> None:
+    body = {"site_id": tenant.site_id, "url": "https://shop.example/", **fields}
+    async with client_at(app, ip, ua, **(headers or {})) as http:
+        response = await http.post("/collect", json=body)
+    assert response.status_code == 204 and response.content == b""
+
+
+async def rows(stores, worker, tenant, columns: str) -> list[tuple]:
+    await worker.drain()
+    return await stored_rows(stores, tenant.id, columns)
+
+
+# -- enrichment --------------------------------------------------------------------
+
+
+async def test_every_enrichment_on_one_hit(app, stores, worker, tenant, city_db):
+    app.state.collector.geo = Geo(city_db)
+    await send(app, tenant, ua=UA["mac_chrome"], headers={"Accept-Language": "nl-NL"},
+               url="https://shop.example/pricing?utm_source=news&utm_medium=email&utm_campaign=fall&utm_term=shoes&utm_content=a",
+               referrer="https://www.google.nl/search?q=shoes", screen_width=1512, language="nl-NL")
+    (row,) = await rows(stores, worker, tenant,
+                        "country, region, city, browser, browser_version, os, os_version, device, referrer_source, "
+                        "hostname, path, utm_source, utm_medium, utm_campaign, utm_term, utm_content, screen_width, language")
+    assert row == ("NL", "NH", "Amsterdam", "Chrome", "130.0", "Mac OS X", "10.15", "desktop", "Google",
+                   "shop.example", "/pricing", "news", "email", "fall", "shoes", "a", 1512, "nl-NL")
+
+
+async def test_country_from_the_default_database(app, stores, worker, tenant, country_db):
+    app.state.collector.geo = Geo(country_db)
+    await send(app, tenant, ip="8.8.8.8")
+    await send(app, tenant, ip="2001:4860:4860::8888")
+    await send(app, tenant, ip="127.0.0.1")
+    assert sorted(r[0] for r in await rows(stores, worker, tenant, "country")) == ["", "US", "US"]
+
+
+@pytest.mark.parametrize(("name", "device", "os"), [
+    ("iphone", "mobile", "iOS"), ("ipad", "tablet", "iOS"), ("android_phone", "mobile", "Android"),
+    ("android_tablet", "tablet", "Android"), ("firefox_windows", "desktop", "Windows"),
+])
+async def test_device_types(app, stores, worker, tenant, name, device, os):
+    await send(app, tenant, ua=UA[name])
+    assert await rows(stores, worker, tenant, "device, os") == [(device, os)]
+
+
+@pytest.mark.parametrize(("referrer", "kept", "source"), [
+    ("https://www.google.com/", "https://www.google.com/", "Google"),
+    ("https://l.facebook.com/l.php?u=x", "https://l.facebook.com/l.php?u=x", "Facebook"),
+    ("https://news.ycombinator.com/item?id=1", "https://news.ycombinator.com/item?id=1", "Hacker News"),
+    ("https://blog.example.org/post", "https://blog.example.org/post", "blog.example.org"),
+    ("https://shop.example/other-page", "", ""),  # self-referral
+    ("https://www.shop.example/", "", ""),  # self-referral via www
+    ("not a url", "", ""),
+])
+async def test_referrer_sources(app, stores, worker, tenant, referrer, kept, source):
+    await send(app, tenant, referrer=referrer)
+    assert await rows(stores, worker, tenant, "referrer, referrer_source") == [(kept, source)]
+
+
+def test_ip_anonymisation():
+    assert anonymise_ip("203.0.113.77") == "203.0.113.0"
+    assert anonymise_ip("2001:db8:1234:5678:9abc:def0:1234:5678") == "2001:db8:1234::"
+    assert anonymise_ip("::ffff:203.0.113.77") == "203.0.113.0"
+    assert anonymise_ip("garbage") == ""
+
+
+async def test_no_ip_or_user_agent_is_stored(app, stores, worker, tenant, city_db):
+    app.state.collector.geo = Geo(city_db)
+    await send(app, tenant, ip="2001:db8:aaaa:bbbb::1", ua=UA["iphone"])
+    (row,) = await rows(stores, worker, tenant, "*")
+    text = repr(row)
+    for secret in ("2001:db8", "aaaa", "bbbb", "iPhone; CPU", "AppleWebKit"):
+        assert secret not in text
+    assert "DE" in row and "Berlin" in row  # geo came from the full IP before it was dropped
+
+
+async def test_forwarded_for_spoofing_does_not_move_the_client(app, stores, worker, tenant, city_db):
+    app.state.collector.geo = Geo(city_db)
+    await send(app, tenant, ip="198.51.100.7", headers={"X-Forwarded-For": "2001:db8::1"})  # untrusted peer
+    app.state.collector.trusted_proxies = __import__("openanalytics.ingest.client_ip", fromlist=["x"]).parse_networks(["10.0.0.0/8"])
+    await send(app, tenant, ip="10.0.0.9", headers={"X-Forwarded-For": "2001:db8::1, 10.0.0.3"})  # trusted chain
+    await send(app, tenant, ip="10.0.0.9", headers={"X-Forwarded-For": "198.51.100.7, 2001:db8::1"})  # spoofed left
+    assert [r[0] for r in sorted(await rows(stores, worker, tenant, "country, received_at"), key=lambda r: r[1])] == ["NL", "DE", "DE"]
+
+
+# -- gates -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bot", list(BOTS))
+async def test_bots_are_dropped(app, stores, worker, tenant, bot):
+    await send(app, tenant, ua=BOTS[bot])
+    assert await rows(stores, worker, tenant, "event_id") == []
+    async with client_at(app, "198.51.100.1") as http:
+        verify = (await http.get(f"/v1/projects/{tenant.id}/verify", headers=tenant.headers)).json()
+    assert verify["ignored_today"] == {"bot": 1}
+
+
+async def test_per_ip_and_per_site_budgets(app, stores, worker, make_tenant):
+    from openanalytics.projects.models import Project
+    from openanalytics.projects.service import apply_plan
+
+    tenant = make_tenant(plan="free")
+    with stores.db.session() as session:
+        apply_plan(session.get(Project, tenant.id), "free",
+                   {"collect_per_ip_per_minute": 3, "collect_per_site_per_minute": 5})
+    app.state.collector.sites.clear()
+    for _ in range(4):
+        await send(app, tenant, ip="198.51.100.1")
+    for _ in range(3):
+        await send(app, tenant, ip="198.51.100.2")
+    assert len(await rows(stores, worker, tenant, "event_id")) == 5
+    async with client_at(app, "192.0.2.1") as http:
+        verify = (await http.get(f"/v1/projects/{tenant.id}/verify", headers=tenant.headers)).json()
+    assert verify["ignored_today"] == {"rate_limited_ip": 1, "rate_limited_site": 1}
+
+
+# -- visitors and sessions over time ------------------------------------------------
+
+
+async def test_session_splits_after_30_idle_minutes(app, stores, worker, tenant):
+    now = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    app.state.collector.clock = lambda: now
+    for minutes in (0, 29, 29 + 30, 29 + 30 + 31):
+        now = datetime(2026, 11, 26, 10, 0, tzinfo=UTC) + timedelta(minutes=minutes)
+        await send(app, tenant)
+    found = await rows(stores, worker, tenant, "visitor_id, session_id, received_at")
+    found.sort(key=lambda r: r[2])
+    visitors = {r[0] for r in found}
+    sessions = [r[1] for r in found]
+    assert len(visitors) == 1, "same browser, same day: one visitor"
+    assert sessions[0] == sessions[1] == sessions[2] != sessions[3], "30 idle minutes end a session, 31 do"
+
+
+async def test_a_visit_across_midnight_keeps_its_visitor_and_session(app, stores, worker, tenant):
+    times = [datetime(2026, 11, 26, 23, 50, tzinfo=UTC), datetime(2026, 11, 27, 0, 10, tzinfo=UTC),
+             datetime(2026, 11, 27, 1, 0, tzinfo=UTC)]
+    for moment in times:
+        app.state.collector.clock = lambda moment=moment: moment
+        await send(app, tenant)
+    found = sorted(await rows(stores, worker, tenant, "visitor_id, session_id, received_at"), key=lambda r: r[2])
+    assert found[0][:2] == found[1][:2], "23:50 and 00:10: the same visit"
+    assert found[2][0] != found[0][0] and found[2][1] != found[0][1], "a new day's salt: a new visitor after the visit"
+    salts = sorted(await stores.redis.keys("oa:salt:*"))
+    assert salts == [b"oa:salt:2026-11-26", b"oa:salt:2026-11-27"]
+    for key in salts:
+        assert 0 < await stores.redis.ttl(key) <= 2 * 24 * 3600, "salts are destroyed after two days"
+
+
+async def test_different_days_are_different_visitors(app, stores, worker, tenant):
+    for day in (1, 2):
+        app.state.collector.clock = lambda day=day: datetime(2026, 11, day, 12, 0, tzinfo=UTC)
+        await send(app, tenant)
+    assert len({r[0] for r in await rows(stores, worker, tenant, "visitor_id")}) == 2
+
+
+# -- verify installation and usage -------------------------------------------------
+
+
+async def test_verify_lists_arrivals_with_reasons_and_storage(app, stores, worker, make_tenant):
+    tenant = make_tenant(domains=["shop.example"])
+    await send(app, tenant, event_type="event", event_name="signup")
+    await send(app, tenant, ua=BOTS["googlebot"])
+    await send(app, tenant, url="https://elsewhere.example/")
+    await send(app, tenant, event_type="event")  # no name: invalid
+    async with client_at(app, "192.0.2.1") as http:
+        before = (await http.get(f"/v1/projects/{tenant.id}/verify", headers=tenant.headers)).json()
+        await worker.drain()
+        after = (await http.get(f"/v1/projects/{tenant.id}/verify", headers=tenant.headers)).json()
+    outcomes = [a["outcome"] for a in before["arrivals"]]
+    assert outcomes == ["invalid", "disallowed_domain", "bot", "accepted"], "newest first"
+    assert before["ignored_today"] == {"invalid": 1, "disallowed_domain": 1, "bot": 1}
+    accepted = before["arrivals"][-1]
+    assert accepted["event_name"] == "signup" and accepted["stored"] is False and accepted["event_id"]
+    assert after["arrivals"][-1]["stored"] is True and after["stored_last_hour"] == 1
+    assert all(a["stored"] is None for a in after["arrivals"][:-1])
+
+
+async def test_usage_counts_every_tracked_event_by_month(app, stores, worker, tenant):
+    await send(app, tenant)
+    await send(app, tenant, event_type="conversion", event_name="buy", revenue=5, currency="EUR")
+    async with client_at(app, "192.0.2.1") as http:
+        response = await http.post(f"/v1/projects/{tenant.id}/events", headers=tenant.headers,
+                                   json=[{"event_type": "identify", "user_id": "u1"}, {"event_type": "event", "event_name": "x"}])
+        assert response.status_code == 202
+        await worker.drain()
+        usage = (await http.get(f"/v1/projects/{tenant.id}/usage", headers=tenant.headers)).json()
+    month = datetime.now(UTC).strftime("%Y-%m")
+    assert usage["months"][0] == {"month": month, "events": 4,
+                                  "by_type": {"pageview": 1, "conversion": 1, "identify": 1, "event": 1}}
+    assert len(usage["months"]) == 3 and usage["months"][1]["events"] == 0
+
+
+# -- the tracker script ----------------------------------------------------------
+
+
+async def test_tracker_is_small_and_cacheable(client):
+    import gzip
+
+    response = await client.get("/oa.js")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/javascript")
+    assert len(gzip.compress(response.content, 9)) < 2048
+    assert "max-age" in response.headers["cache-control"]
+    etag = response.headers["etag"]
+    again = await client.get("/oa.js", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
