@@ -63,14 +63,15 @@
     var f = api_[cmd];
     if (f) f.apply(null, [].slice.call(arguments, 1));
   }
-  var queued = (w.oa && w.oa.q) || [];
+  var queued = [].slice.call((w.oa && w.oa.q) || []), i;
   w.oa = oa;
-  for (var i = 0; i < queued.length; i++) oa.apply(null, queued[i]);
-
   ["pushState", "replaceState"].forEach(function (m) {
     var orig = history[m];
     history[m] = function () { var r = orig.apply(this, arguments); pageview(); return r; };
   });
   w.addEventListener("popstate", pageview);
+  // A queued optOut wins over everything; then the page is viewed; then the queued calls.
+  for (i = 0; i < queued.length; i++) if (queued[i][0] === "optOut") oa("optOut");
   pageview();
+  for (i = 0; i < queued.length; i++) if (queued[i][0] !== "optOut") oa.apply(null, queued[i]);
 })(window, document, navigator);

@@ -1,0 +1,139 @@
+"""The tracker in a real browser: Debian's Chromium driven by Playwright against a live standalone."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from functools import partial
+from urllib.parse import urlsplit
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from tests.conftest import BROWSER
+from tests.test_processes import clean_env, cli, free_port, start, stop, wait_ready
+
+CHROMIUM = shutil.which("chromium")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+PAGE = """<!doctype html><html><head><title>shop</title>
+<script>window.oa=window.oa||function(){{(oa.q=oa.q||[]).push(arguments)}};oa('event','queued_before_load');</script>
+<script defer src="{api}/oa.js" data-site-id="{site}" {extra}></script></head><body>shop</body></html>"""
+
+
+class Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    env = clean_env(OA_DATA_DIR=str(tmp / "data"))
+    project = cli(env, "projects", "create", "--name", "Browser", "--plan", "pro", "--domain", "localhost")
+    key = cli(env, "keys", "create", "--project", project["id"], "--scope", "stats:read")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    proc = start(env, "standalone", "--port", str(port), log=tmp / "standalone.log")
+    wait_ready(api, proc, tmp / "standalone.log")
+    site = tmp / "site"
+    site.mkdir()
+    for name, extra in (("app.html", ""), ("dnt.html", 'data-respect-dnt="true"'), ("optout.html", "")):
+        (site / name).write_text(PAGE.format(api=api, site=project["site_id"], extra=extra))
+    pages = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(site)))
+    threading.Thread(target=pages.serve_forever, daemon=True).start()
+    yield {"api": api, "project": project["id"], "headers": {"Authorization": f"Bearer {key['secret']}"},
+           "pages": f"http://localhost:{pages.server_address[1]}"}
+    pages.shutdown()
+    assert stop(proc) == 0
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield browser
+        browser.close()
+
+
+def arrivals(platform, page: str) -> list[dict]:
+    body = httpx.get(f"{platform['api']}/v1/projects/{platform['project']}/verify", headers=platform["headers"]).json()
+    return [a for a in reversed(body["arrivals"]) if f"/{page}" in a["url"] or "/spa/" in a["url"] and page == "app.html"]
+
+
+def collect_requests(page) -> list[str]:
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.post_data or "") if r.url.endswith("/collect") else None)
+    return sent
+
+
+def test_pageviews_spa_navigation_events_and_conversions_arrive(platform, chromium):
+    context = chromium.new_context(user_agent=BROWSER)
+    page = context.new_page()
+    page.goto(f"{platform['pages']}/app.html")
+    page.wait_for_function("window.oa && !window.oa.q")
+    page.evaluate("history.pushState({}, '', '/spa/one')")
+    page.evaluate("history.pushState({}, '', '/spa/two')")
+    page.evaluate("history.replaceState({}, '', '/spa/two')")  # the same page: not counted again
+    page.evaluate("oa('event', 'signup', {plan: 'pro'})")
+    page.evaluate("oa('conversion', 'purchase', {revenue: 49.99, currency: 'USD', plan: 'pro'})")
+    expected = [("pageview", None, "/app.html"), ("event", "queued_before_load", "/app.html"),
+                ("pageview", None, "/spa/one"), ("pageview", None, "/spa/two"),
+                ("event", "signup", "/spa/two"), ("conversion", "purchase", "/spa/two")]
+    deadline = time.monotonic() + 15
+    while True:
+        found = arrivals(platform, "app.html")
+        if (len(found) >= len(expected) and all(a["stored"] for a in found)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    context.close()
+    assert [(a["event_type"], a["event_name"], urlsplit(a["url"]).path) for a in found] == expected, found
+    assert all(a["outcome"] == "accepted" and a["stored"] for a in found), found
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    views = httpx.get(f"{platform['api']}/v1/projects/{platform['project']}/pageviews",
+                      params={"from": today, "to": today, "group_by": "path"}, headers=platform["headers"]).json()
+    assert {r["path"]: r["pageviews"] for r in views["results"]} == {"/app.html": 1, "/spa/one": 1, "/spa/two": 1}
+    assert views["totals"] == {"pageviews": 3, "visitors": 1, "events": 6}
+
+
+def test_do_not_track_sends_nothing(platform, chromium):
+    context = chromium.new_context(user_agent=BROWSER)
+    context.add_init_script("Object.defineProperty(Navigator.prototype, 'doNotTrack', {get: () => '1'})")
+    page = context.new_page()
+    sent = collect_requests(page)
+    page.goto(f"{platform['pages']}/dnt.html")
+    page.wait_for_function("window.oa && !window.oa.q")
+    page.evaluate("history.pushState({}, '', '/dnt.html?next'); oa('event', 'x'); oa('conversion', 'y', {revenue: 1, currency: 'EUR'})")
+    page.wait_for_timeout(500)
+    context.close()
+    assert sent == []
+    assert arrivals(platform, "dnt.html") == []
+
+
+def test_opt_out_stops_everything_and_clears_local_ids(platform, chromium):
+    context = chromium.new_context(user_agent=BROWSER)
+    page = context.new_page()
+    sent = collect_requests(page)
+    page.goto(f"{platform['pages']}/optout.html")
+    page.wait_for_function("window.oa && !window.oa.q")
+    page.evaluate("oa('identify', 'user-42', {tier: 'gold'})")
+    page.wait_for_timeout(200)
+    assert page.evaluate("localStorage.getItem('_oaa_uid')") == "user-42"
+    assert page.evaluate("sessionStorage.getItem('_oaa_sid')") is not None
+    before = len(sent)
+    assert before == 3  # the pageview, the queued event, the identify
+    page.evaluate("oa('optOut')")
+    assert page.evaluate("[localStorage.getItem('_oaa_uid'), sessionStorage.getItem('_oaa_sid')]") == [None, None]
+    page.evaluate("history.pushState({}, '', '/optout.html?after'); oa('event', 'after'); oa('identify', 'again')")
+    page.reload()  # the opt-out outlives the page
+    page.wait_for_function("typeof window.oa === 'function'")
+    page.evaluate("oa('event', 'after_reload')")
+    page.wait_for_timeout(500)
+    context.close()
+    assert len(sent) == before, sent[before:]
