@@ -16,20 +16,13 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
+from _load import cli, free_port, http_request, load, start_server
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
-ROOT = Path(__file__).resolve().parent.parent
-
-
 def serve(port: int, limits: bool) -> None:
     """Run one API server (called in a child process)."""
     import uvicorn
@@ -43,64 +36,8 @@ def serve(port: int, limits: bool) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-async def load(port: int, request: bytes, seconds: float, connections: int) -> float:
-    """Requests per second over `connections` keep-alive connections for `seconds`."""
-    done = 0
-    deadline = time.perf_counter() + seconds
-
-    async def connection() -> None:
-        nonlocal done
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while time.perf_counter() < deadline:
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                if status >= 300:
-                    raise RuntimeError(f"status {status}: {head!r}")
-                length = next(
-                    int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
-                )
-                await reader.readexactly(length)
-                done += 1
-        finally:
-            writer.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(connection() for _ in range(connections)))
-    return done / (time.perf_counter() - started)
-
-
-def http_request(method: str, path: str, secret: str, body: bytes = b"") -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: bench", f"Authorization: Bearer {secret}", f"Content-Length: {len(body)}"]
-    if body:
-        lines.append("Content-Type: application/json")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-def start_server(env: dict, port: int, limits: bool) -> subprocess.Popen:
-    code = f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import api_ratelimit; api_ratelimit.serve({port}, {limits})"
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT)
-    for _ in range(150):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
-def cli(env: dict, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "openanalytics.cli", *args, "--json"], env=env, cwd=ROOT,
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+def start(env: dict, port: int, limits: bool):
+    return start_server(f"import api_ratelimit as m; m.serve({port}, {limits})", env, port)
 
 
 async def measure(kind: str, args, workdir: Path) -> list[tuple]:
@@ -113,15 +50,17 @@ async def measure(kind: str, args, workdir: Path) -> list[tuple]:
         env["OA_REDIS_URL"] = REDIS_URL
     project = cli(env, "projects", "create", "--name", "bench", "--plan", "enterprise", "--limit", "api_requests_per_minute=1000000000")
     secret = cli(env, "keys", "create", "--project", project["id"])["secret"]
+    auth = {"Authorization": f"Bearer {secret}"}
     servers = {}
     for label, limits in (("off", False), ("on", True)):
         port = free_port()
         server_env = {**env, "OA_DATA_DIR": str(workdir / f"{kind}-{label}"), "OA_CACHE_TTL_SECONDS": "60"}
-        servers[label] = (port, start_server(server_env, port, limits))
+        servers[label] = (port, start(server_env, port, limits))
     event = json.dumps({"event_type": "pageview", "url": "https://a.example/"}).encode()
     cases = [
-        ("GET /v1/projects/{id}", http_request("GET", f"/v1/projects/{project['id']}", secret)),
-        ("POST /v1/projects/{id}/events", http_request("POST", f"/v1/projects/{project['id']}/events", secret, event)),
+        ("GET /v1/projects/{id}", http_request("GET", f"/v1/projects/{project['id']}", auth)),
+        ("POST /v1/projects/{id}/events", http_request("POST", f"/v1/projects/{project['id']}/events",
+                                                       {**auth, "Content-Type": "application/json"}, event)),
     ]
     rows = []
     try:
@@ -131,7 +70,7 @@ async def measure(kind: str, args, workdir: Path) -> list[tuple]:
                 await load(servers[label][0], request, 0.5, args.connections)
             for _ in range(args.rounds):
                 for label in ("off", "on"):
-                    rates[label].append(await load(servers[label][0], request, args.seconds, args.connections))
+                    rates[label].append((await load(servers[label][0], request, args.seconds, args.connections)).rate)
             off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
             rows.append((name, kind, off, on, 1 - on / off))
     finally:

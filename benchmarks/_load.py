@@ -1,0 +1,88 @@
+"""A small keep-alive HTTP/1.1 load generator on raw sockets (cheap, so the server gets the CPU)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Result:
+    rate: float  # requests per second
+    latencies: list[float]  # seconds
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def http_request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: bench", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def load(port: int, request: bytes, seconds: float, connections: int, ok=range(200, 300)) -> Result:
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < deadline:
+                sent = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                if status not in ok:
+                    raise RuntimeError(f"status {status}: {head!r}")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length"):
+                        length = int(line.split(b":")[1])
+                if length:
+                    await reader.readexactly(length)
+                latencies.append(time.perf_counter() - sent)
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(connections)))
+    return Result(len(latencies) / (time.perf_counter() - started), latencies)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(code: str, env: dict, port: int) -> subprocess.Popen:
+    """Run `code` (which serves on `port`) in a child process and wait until /healthz or / answers."""
+    proc = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); {code}"],
+                            env=env, cwd=ROOT)
+    for _ in range(150):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def cli(env: dict, *args: str) -> dict:
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "openanalytics.cli", *args, "--json"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
