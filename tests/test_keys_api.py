@@ -76,3 +76,14 @@ async def test_revocation_from_elsewhere_is_seen_within_a_second(client, tenant,
     while (await client.get("/v1/projects", headers=tenant.headers)).status_code == 200:
         assert time.monotonic() < deadline, "revoked key still accepted"
         await asyncio.sleep(0.05)
+
+
+async def test_empty_scopes_and_revoking_a_broader_key_are_refused(client, make_tenant, stores):
+    from openanalytics.auth.keys import issue_key
+
+    manager = make_tenant(scopes=["keys:manage", "projects:read"])
+    assert_error(await client.post(f"/v1/projects/{manager.id}/keys", json={"scopes": []}, headers=manager.headers), 400)
+    with stores.db.session() as session:
+        broad = issue_key(session, manager.id, "broad", ALL).key
+    refused = await client.delete(f"/v1/projects/{manager.id}/keys/{broad.id}", headers=manager.headers)
+    assert "privacy:delete" in assert_error(refused, 403, "insufficient_scope")["message"]

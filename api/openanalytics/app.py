@@ -89,6 +89,7 @@ def create_app(
         principals=app.state.principals,
         limiter=limiter if rate_limits else None,
         trusted=parse_networks(settings.trusted_proxies),
+        max_body_bytes=settings.events_max_body_bytes,
     )
     errors.install(app)
     for module in (health, tracker, collect, events, verify, projects, keys, pageviews, usage):

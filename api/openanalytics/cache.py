@@ -14,6 +14,8 @@ class TTLCache(Generic[K, V]):
         self.ttl = ttl_seconds
         self.max_items = max_items
         self._items: dict[K, tuple[float, V]] = {}
+        # Bumped by clear(): a value loaded before an invalidation must not be cached after it.
+        self.generation = 0
 
     def get(self, key: K) -> tuple[bool, V | None]:
         hit = self._items.get(key)
@@ -21,8 +23,8 @@ class TTLCache(Generic[K, V]):
             return False, None
         return True, hit[1]
 
-    def put(self, key: K, value: V) -> None:
-        if self.ttl <= 0:
+    def put(self, key: K, value: V, generation: int | None = None) -> None:
+        if self.ttl <= 0 or (generation is not None and generation != self.generation):
             return
         self._items.pop(key, None)
         if len(self._items) >= self.max_items:
@@ -31,3 +33,4 @@ class TTLCache(Generic[K, V]):
 
     def clear(self) -> None:
         self._items.clear()
+        self.generation += 1

@@ -57,8 +57,9 @@ async def load_project(request: Request, project_id: str, fresh: bool = False) -
     cache: TTLCache[str, Project | None] = request.app.state.project_cache
     hit, project = (False, None) if fresh else cache.get(project_id)
     if not hit:
+        generation = cache.generation
         project = await run_in_threadpool(_load_project, stores_of(request), project_id)
-        cache.put(project_id, project)
+        cache.put(project_id, project, generation)
     if project is None:
         raise NotFound("No such project.", "project_not_found")
     return project

@@ -58,7 +58,8 @@ async def list_api_keys(request: Request, access: KeysManage) -> KeyList:
 @router.delete(
     "/v1/projects/{project_id}/keys/{key_id}",
     summary="Revoke an API key",
-    description="Every API process refuses the key within a second. Revoking twice is harmless.",
+    description="Every API process refuses the key within a second. Revoking twice is harmless. "
+    "A key can only revoke keys whose scopes it has itself.",
     response_model=KeyOut,
     responses=error_responses(400, 401, 403, 404, 429),
 )
@@ -71,12 +72,17 @@ async def revoke_api_key(
         with stores_of(request).db.session() as session:
             key = session.get(ApiKey, key_id)
             if key is None or key.project_id != access.project.id:
-                return None
-            return KeyOut.of(revoke_key(session, key_id))
+                return None, False
+            beyond = sorted(set(key.scopes) - access.principal.scopes)
+            if beyond:
+                raise Forbidden(f"This API key cannot revoke a key with scopes it lacks: {', '.join(beyond)}.")
+            changed = key.revoked_at is None
+            return KeyOut.of(revoke_key(session, key_id)), changed
 
-    revoked = await run_in_threadpool(revoke)
+    revoked, changed = await run_in_threadpool(revoke)
     if revoked is None:
         raise NotFound("No such API key.", "key_not_found")
-    request.app.state.principals.cache.clear()
-    await announce_change(stores_of(request).redis)
+    if changed:
+        request.app.state.principals.cache.clear()
+        await announce_change(stores_of(request).redis)
     return revoked

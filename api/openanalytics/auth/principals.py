@@ -58,8 +58,9 @@ class Principals:
         digest = hash_secret(secret)
         hit, principal = self.cache.get(digest)
         if not hit:
+            generation = self.cache.generation
             principal = await run_in_threadpool(_load, self.db, secret)
-            self.cache.put(digest, principal)
+            self.cache.put(digest, principal, generation)
         return principal
 
 
@@ -78,6 +79,8 @@ async def listen_for_changes(redis: aioredis.Redis, caches: list[TTLCache], stop
         try:
             async with redis.pubsub() as pubsub:
                 await pubsub.subscribe(CHANNEL)
+                for cache in caches:  # whatever was announced while we were not listening
+                    cache.clear()
                 backoff = 0.5
                 while not stop.is_set():
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)

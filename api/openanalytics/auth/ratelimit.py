@@ -32,6 +32,8 @@ from redis.exceptions import NoScriptError, RedisError
 log = logging.getLogger(__name__)
 
 WINDOW_MS = 60_000
+# Generous: a busy event loop also delays the answer, and a false timeout lets requests through.
+ROUND_TRIP_TIMEOUT = 2.0
 _WARN_EVERY_SECONDS = 10.0
 
 # KEYS[1] the counter to add to, KEYS[2] an optional guard (the IP's failed authentications):
@@ -93,9 +95,10 @@ class RateLimiter:
         self._flusher: asyncio.Task | None = None
         self._warned_at = 0.0
 
-    async def spend(self, key_id: str, limit: int, ip: str) -> Budget:
-        """One request of a valid key (refused outright while the IP is over its failure allowance)."""
-        return await self._queue((f"oa:rl:key:{key_id}", _ip_key(ip)), limit)
+    async def spend(self, key_id: str, limit: int) -> Budget:
+        """One request of a valid key. (A valid key is never refused for its IP's failures:
+        behind a shared proxy that would let one attacker lock everyone out.)"""
+        return await self._queue((f"oa:rl:key:{key_id}", None), limit)
 
     async def fail(self, ip: str) -> Budget:
         """One failed authentication from this IP."""
@@ -116,15 +119,25 @@ class RateLimiter:
         while self._waiting:
             batch, self._waiting = self._waiting, defaultdict(list)
             try:
-                results = await self._count(batch)
-            except (RedisError, OSError):
+                # A stalled Redis must not stall the API: past the timeout, fail open.
+                results = await asyncio.wait_for(self._count(batch), ROUND_TRIP_TIMEOUT)
+                for waiters, (blocked, count, ttl) in zip(batch.values(), results):
+                    self._settle_group(waiters, int(blocked), int(count), int(ttl))
+            except (RedisError, OSError, TimeoutError):
                 self._warn()
-                for waiters in batch.values():
-                    for limit, future in waiters:
-                        _settle(future, Budget(limit, limit, WINDOW_MS // 1000, True))
-                continue
-            for waiters, (blocked, count, ttl) in zip(batch.values(), results):
-                self._settle_group(waiters, int(blocked), int(count), int(ttl))
+            except asyncio.CancelledError:
+                self._release(self._waiting)
+                raise
+            except Exception:
+                log.exception("rate limiter failed; not enforcing this round")
+            finally:
+                self._release(batch)  # whatever happened, nobody is left waiting
+
+    @staticmethod
+    def _release(batch: Waiting) -> None:
+        for waiters in batch.values():
+            for limit, future in waiters:
+                _settle(future, Budget(limit, limit, WINDOW_MS // 1000, True))
 
     async def _count(self, batch: Waiting) -> list:
         for attempt in (1, 2):

@@ -46,6 +46,7 @@ class KeyCreate(BaseModel):
     name: str = Field(default="default", min_length=1, max_length=200)
     scopes: list[Scope] | None = Field(
         default=None,
+        min_length=1,
         description="At most the calling key's own scopes. Default: projects:read, stats:read, events:write.",
     )
 

@@ -28,7 +28,13 @@ def client_ip(peer: str, forwarded_for: str | None, trusted: tuple[Network, ...]
     if not forwarded_for or not _trusted(peer, trusted):
         return peer
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    nearest = peer
     for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return nearest  # garbage: believe nothing left of it
         if not _trusted(hop, trusted):
             return hop
-    return hops[0] if hops else peer
+        nearest = hop
+    return nearest

@@ -244,7 +244,7 @@ class Collector:
         body = await read_body(request, self.settings.collect_max_body_bytes)
         peer = request.client.host if request.client else ""
         hit = Hit(
-            ip=client_ip(peer, request.headers.get("x-forwarded-for"), self.trusted_proxies),
+            ip=client_ip(peer, ", ".join(request.headers.getlist("x-forwarded-for")) or None, self.trusted_proxies),
             user_agent=request.headers.get("user-agent", ""),
             accept_language=request.headers.get("accept-language", ""),
             received=self.clock(),
