@@ -144,8 +144,11 @@ async def test_preflight(client):
 
 
 async def test_store_failure_is_still_204(client, stores, tenant, monkeypatch):
+    from openanalytics.ingest.commit import Committer
+
     async def broken(*args, **kwargs):
         raise ConnectionError("redis down")
 
-    monkeypatch.setattr("openanalytics.ingest.buffer.append", broken)
+    monkeypatch.setattr(Committer, "_call", broken)
     assert_silent(await client.post("/collect", json=hit(tenant.site_id)))
+    assert_silent(await client.post("/collect", json=hit(tenant.site_id)))  # and the next one too

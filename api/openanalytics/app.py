@@ -83,7 +83,7 @@ def create_app(
     app.state.project_cache = TTLCache(settings.cache_ttl_seconds)
     limiter = RateLimiter(stores.redis, settings.auth_failures_per_minute)
     app.state.geo = Geo(settings.effective_geoip_path)
-    app.state.collector = collect.Collector(stores, app.state.geo, limiter)
+    app.state.collector = collect.Collector(stores, app.state.geo)
     app.add_middleware(
         ApiGate,
         principals=app.state.principals,
@@ -91,6 +91,7 @@ def create_app(
         trusted=parse_networks(settings.trusted_proxies),
         max_body_bytes=settings.events_max_body_bytes,
     )
+    app.add_middleware(collect.CollectEndpoint, collector=app.state.collector)  # outermost: the hot path
     errors.install(app)
     for module in (health, tracker, collect, events, verify, projects, keys, pageviews, usage):
         app.include_router(module.router)

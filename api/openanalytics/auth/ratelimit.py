@@ -104,10 +104,6 @@ class RateLimiter:
         """One failed authentication from this IP."""
         return await self._queue((_ip_key(ip), None), self.failure_limit)
 
-    async def count(self, counter: str, limit: int) -> Budget:
-        """One request against any per-minute budget (the /collect gates)."""
-        return await self._queue((counter, None), limit)
-
     async def _queue(self, counters: tuple[str, str | None], limit: int) -> Budget:
         future = asyncio.get_running_loop().create_future()
         self._waiting[counters].append((limit, future))

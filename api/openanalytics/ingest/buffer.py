@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -16,20 +15,14 @@ class BufferUnavailable(Exception):
     """The stream cannot be written; nothing was queued."""
 
 
-async def append(
-    redis: aioredis.Redis, stream: str, rows: list[dict[str, Any]], also: Callable[[Any], Any] | None = None
-) -> None:
-    """Queue `rows`; `also` may add more writes to the same transaction (Verify Installation)."""
-    if not rows and also is None:
+async def append(redis: aioredis.Redis, stream: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
         return
     try:
         # One transaction: a request's events are queued all together or not at all.
         async with redis.pipeline(transaction=True) as pipe:
             for row in rows:
                 pipe.xadd(stream, {FIELD: orjson.dumps(row)})
-            if also is not None:
-                also(pipe)
-            if pipe.command_stack:
-                await pipe.execute()
+            await pipe.execute()
     except (RedisError, OSError) as exc:
         raise BufferUnavailable(str(exc)) from exc

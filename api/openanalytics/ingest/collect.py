@@ -1,15 +1,17 @@
 """`POST /collect`: the public browser endpoint. Always 204, empty, whatever happened.
 
 A request becomes a `Hit`; each event in it goes through the steps of `Collector.steps`,
-in order. A step may drop the event for a reason from `DropReason`; nothing about that
-reaches the response, but for a known site the outcome is kept for Verify Installation.
+in order. A step may drop the event for a reason from `DropReason`. The last steps, the
+per-IP and per-site budgets, the session and storing, run in Redis for a whole batch of
+hits at once (commit.py). Nothing about any of it reaches the response, but for a known
+site every outcome is kept for Verify Installation.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections import Counter
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,17 +22,18 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from openanalytics.auth.ratelimit import RateLimiter, ip_tag
+from openanalytics.auth.ratelimit import WINDOW_MS, ip_tag
 from openanalytics.cache import TTLCache
-from openanalytics.ingest import arrivals, buffer
+from openanalytics.ingest.commit import Committer, pack
 from openanalytics.ingest.client_ip import client_ip, parse_networks
 from openanalytics.ingest.geo import Geo
 from openanalytics.ingest.referrer import source_for
 from openanalytics.ingest.rows import event_row
 from openanalytics.ingest.schemas import EventIn, EventType
 from openanalytics.ingest.useragent import parse_agent
-from openanalytics.ingest.visitor import SESSION_IDLE, Salts, Sessions, anonymise_ip, day_of, visitor_hash
+from openanalytics.ingest.visitor import SESSION_IDLE, Salts, anonymise_ip, day_of, visitor_hash
 from openanalytics.projects.models import Project
 from openanalytics.projects.service import site_lookup
 
@@ -86,9 +89,12 @@ class Hit:
     user_agent: str
     accept_language: str
     received: datetime
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    # per project: arrival entries and drop counts, for Verify Installation
-    seen: dict[str, tuple[list[bytes], Counter]] = field(default_factory=dict)
+    visitors: tuple[int, int | None] | None = None  # the same for every event of the request
+
+    def __post_init__(self) -> None:
+        self.received_ms = int(self.received.timestamp() * 1000)
+        self.received_iso = self.received.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self.day = day_of(self.received)
 
 
 @dataclass
@@ -99,18 +105,7 @@ class Event:
     body: CollectIn | None = None
     project: Project | None = None
     row: dict[str, Any] = field(default_factory=dict)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise Dropped(DropReason.too_large)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise Dropped(DropReason.too_large)
-    return bytes(body)
+    visitors: tuple[int, int | None] = (0, None)
 
 
 def parse_items(body: bytes, max_batch: int) -> list[dict[str, Any]]:
@@ -132,26 +127,25 @@ def domain_allowed(hostname: str, domains: list[str]) -> bool:
 
 
 class Collector:
-    def __init__(self, stores, geo: Geo, limiter: RateLimiter, clock: Callable[[], datetime] | None = None):
+    def __init__(self, stores, geo: Geo, clock: Callable[[], datetime] | None = None):
         self.stores = stores
         self.settings = stores.settings
         self.geo = geo
-        self.limiter = limiter
         self.clock = clock or (lambda: datetime.now(UTC))
         self.sites: TTLCache[str, Project | None] = TTLCache(self.settings.cache_ttl_seconds)
         self.salts = Salts(stores.redis)
-        self.sessions = Sessions(stores.redis)
+        self.committer = Committer(stores.redis, self.settings.stream_key, WINDOW_MS, int(SESSION_IDLE.total_seconds() * 1000))
         self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
+        # Budgets, the session and storing happen last, in Redis, for a batch of hits (commit.py).
         self.steps = [
             self.find_project,
             self.validate,
             self.check_domain,
             self.drop_bots,
-            self.check_rate_limits,
             self.put_location,
             self.put_user_agent,
             self.put_source,
-            self.put_visitor_and_session,
+            self.put_visitor,
         ]
 
     # -- steps, in order ------------------------------------------------------
@@ -160,10 +154,11 @@ class Collector:
         site_id = event.item.get("site_id")
         if not isinstance(site_id, str) or not SITE_ID.match(site_id):
             raise Dropped(DropReason.unknown_site)
-        hit_, project = self.sites.get(site_id)
-        if not hit_:
+        found, project = self.sites.get(site_id)
+        if not found:
+            generation = self.sites.generation
             project = await run_in_threadpool(site_lookup, self.stores.db, site_id)
-            self.sites.put(site_id, project)
+            self.sites.put(site_id, project, generation)
         if project is None:
             raise Dropped(DropReason.unknown_site)
         event.project = project
@@ -174,8 +169,7 @@ class Collector:
         except ValidationError:
             raise Dropped(DropReason.invalid) from None
         event.body.timestamp = None  # received time
-        received_ms = int(hit.received.timestamp() * 1000)
-        event.row = event_row(event.project.id, event.body, received_ms, "collect")
+        event.row = event_row(event.project.id, event.body, hit.received_ms, "collect")
         for name in ("screen_width", "language"):
             if getattr(event.body, name) is not None:
                 event.row[name] = getattr(event.body, name)
@@ -187,16 +181,6 @@ class Collector:
     async def drop_bots(self, hit: Hit, event: Event) -> None:
         if parse_agent(hit.user_agent).bot:
             raise Dropped(DropReason.bot)
-
-    async def check_rate_limits(self, hit: Hit, event: Event) -> None:
-        # One after the other, so the site's budget counts only what the IP's let through.
-        project = event.project
-        per_ip = f"oa:rl:collect:ip:{project.id}:{ip_tag(hit.ip)}"
-        if not (await self.limiter.count(per_ip, project.collect_per_ip_per_minute)).allowed:
-            raise Dropped(DropReason.rate_limited_ip)
-        per_site = f"oa:rl:collect:site:{project.id}"
-        if not (await self.limiter.count(per_site, project.collect_per_site_per_minute)).allowed:
-            raise Dropped(DropReason.rate_limited_site)
 
     async def put_location(self, hit: Hit, event: Event) -> None:
         place = self.geo.lookup(hit.ip)  # the full IP, here only
@@ -213,57 +197,124 @@ class Collector:
         referrer, source = source_for(event.body.referrer, event.row.get("hostname", ""))
         event.row.update(referrer=referrer, referrer_source=source)
 
-    async def put_visitor_and_session(self, hit: Hit, event: Event) -> None:
-        anon = anonymise_ip(hit.ip)
-        project_id = event.project.id
+    async def put_visitor(self, hit: Hit, event: Event) -> None:
+        """Today's visitor and, just after midnight, yesterday's (its session may continue)."""
+        if hit.visitors is None:
+            anon = anonymise_ip(hit.ip)
+            project_id = event.project.id
 
-        async def visitor_on(day: datetime) -> int:
-            salt = await self.salts.for_day(day_of(day))
-            return visitor_hash(salt, project_id, hit.user_agent, hit.accept_language, anon)
+            async def visitor_on(day: datetime) -> int:
+                salt = await self.salts.for_day(day_of(day))
+                return visitor_hash(salt, project_id, hit.user_agent, hit.accept_language, anon)
 
-        visitor = await visitor_on(hit.received)
-        # Just after midnight, yesterday's visitor may still be mid-session: it continues.
-        since_midnight = hit.received - hit.received.replace(hour=0, minute=0, second=0, microsecond=0)
-        previous = await visitor_on(hit.received - timedelta(days=1)) if since_midnight <= SESSION_IDLE else None
-        session, continued = await self.sessions.session_for(project_id, visitor, previous, hit.received)
-        event.row["visitor_id"] = previous if continued else visitor
-        event.row["session_id"] = session
+            since_midnight = hit.received - hit.received.replace(hour=0, minute=0, second=0, microsecond=0)
+            previous = await visitor_on(hit.received - timedelta(days=1)) if since_midnight <= SESSION_IDLE else None
+            hit.visitors = (await visitor_on(hit.received), previous)
+        event.visitors = hit.visitors
 
     # -- the request ------------------------------------------------------------
 
-    def _note(self, hit: Hit, event: Event, outcome: str) -> None:
-        if event.project is None:
-            return  # unknown site: nothing to attribute it to
-        entries, drops = hit.seen.setdefault(event.project.id, ([], Counter()))
-        event_id = event.row.get("event_id") if outcome == "accepted" else None
-        entries.append(arrivals.entry(hit.received, event.item, outcome, event_id))
-        if outcome != "accepted":
-            drops[outcome] += 1
-
-    async def handle(self, request: Request) -> None:
-        body = await read_body(request, self.settings.collect_max_body_bytes)
-        peer = request.client.host if request.client else ""
-        hit = Hit(
-            ip=client_ip(peer, ", ".join(request.headers.getlist("x-forwarded-for")) or None, self.trusted_proxies),
-            user_agent=request.headers.get("user-agent", ""),
-            accept_language=request.headers.get("accept-language", ""),
-            received=self.clock(),
+    def script_fields(self, hit: Hit, event: Event, reason: str | None) -> bytes:
+        """The hit as the commit script takes it (see commit.py)."""
+        item = event.item
+        url = item.get("url") if isinstance(item.get("url"), str) else ""
+        arrival = orjson.dumps({
+            "received_at": hit.received_iso,
+            "event_type": item.get("event_type") if isinstance(item.get("event_type"), str) else "pageview",
+            "event_name": item.get("event_name") if isinstance(item.get("event_name"), str) else None,
+            "url": url[:500],
+        })[:-1]
+        project = event.project
+        day = hit.day
+        if reason is not None:
+            return pack("D", project.id, "", 0, 0, "", "", "", "", arrival, "", reason, hit.received_ms, day)
+        row = orjson.dumps(event.row)[:-1]
+        visitor, previous = event.visitors
+        return pack(
+            "E", project.id, ip_tag(hit.ip), project.collect_per_ip_per_minute, project.collect_per_site_per_minute,
+            visitor, previous or "", secrets.randbits(62) or 1, row, arrival, event.row["event_id"], "",
+            hit.received_ms, day,
         )
+
+    async def handle(self, body: bytes, peer: str, headers: dict[str, str]) -> list[str]:
+        """Run the steps over every event of one request and store what passes. Returns the outcomes."""
+        received = self.clock()
+        hit = Hit(
+            ip=client_ip(peer, headers.get("x-forwarded-for"), self.trusted_proxies),
+            user_agent=headers.get("user-agent", ""),
+            accept_language=headers.get("accept-language", ""),
+            received=received,
+        )
+        fields = []
         for item in parse_items(body, self.settings.collect_max_batch):
             event = Event(item)
             try:
                 for step in self.steps:
                     await step(hit, event)
             except Dropped as dropped:
-                self._note(hit, event, dropped.reason.value)
+                if event.project is not None:  # else nothing to attribute it to
+                    fields.append(self.script_fields(hit, event, dropped.reason.value))
                 continue
-            hit.rows.append(event.row)
-            self._note(hit, event, "accepted")
-        day = day_of(hit.received)
-        await buffer.append(
-            self.stores.redis, self.settings.stream_key, hit.rows,
-            lambda pipe: [arrivals.record(pipe, pid, day, e, d) for pid, (e, d) in hit.seen.items()],
-        )
+            fields.append(self.script_fields(hit, event, None))
+        return await self.committer.commit(fields) if fields else []
+
+
+class CollectEndpoint:
+    """`POST /collect` and its preflight, answered below FastAPI: the hottest path pays for no routing,
+    no request objects and no dependency solving. Everything else goes on to the app."""
+
+    def __init__(self, app: ASGIApp, collector: Collector):
+        self.app = app
+        self.collector = collector
+        self.limit = collector.settings.collect_max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/collect" or scope["method"] not in ("POST", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "POST":
+            try:
+                headers = _wanted_headers(scope)
+                body = await _read_body(receive, headers.get("content-length"), self.limit)
+                peer = scope["client"][0] if scope.get("client") else ""
+                await self.collector.handle(body, peer, headers)
+            except Dropped:
+                pass  # nothing attributable to a site (too large, malformed)
+            except Exception:  # the public endpoint never answers 5xx
+                log.exception("collect failed")
+        await send({"type": "http.response.start", "status": 204, "headers": _CORS_HEADERS})
+        await send({"type": "http.response.body", "body": b""})
+
+
+_WANTED = {b"user-agent", b"accept-language", b"content-length", b"x-forwarded-for"}
+_CORS_HEADERS = [(k.lower().encode(), v.encode()) for k, v in CORS.items()]
+
+
+def _wanted_headers(scope: Scope) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in _WANTED:
+            key = name.decode()
+            text = value.decode("latin-1")
+            # Repeated X-Forwarded-For lines are one list, as HTTP defines.
+            found[key] = f"{found[key]}, {text}" if key in found else text
+    return found
+
+
+async def _read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise Dropped(DropReason.too_large)
+    body = bytearray()
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise Dropped(DropReason.malformed)  # the client went away
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+        if len(body) > limit:
+            raise Dropped(DropReason.too_large)
+    return bytes(body)
 
 
 @router.post(
@@ -278,15 +329,7 @@ class Collector:
     responses={204: {"description": "Received (accepted or silently ignored)."}},
 )
 async def collect(request: Request) -> Response:
-    try:
-        await request.app.state.collector.handle(request)
-    except Dropped:
-        pass  # nothing attributable to a site (too large, malformed)
-    except Exception:  # the public endpoint never answers 5xx
-        log.exception("collect failed")
-    return Response(status_code=204, headers=CORS)
+    """Documents the endpoint; CollectEndpoint answers it before FastAPI routes anything."""
+    raise AssertionError("answered by CollectEndpoint")
 
 
-@router.options("/collect", include_in_schema=False)
-async def collect_preflight() -> Response:
-    return Response(status_code=204, headers=CORS)

@@ -6,7 +6,8 @@ after it was made: yesterday's is still there after midnight, so a visit that cr
 midnight keeps its visitor and session; older ones are gone for good.
 
 A session ends after 30 minutes without events. Sessions keep their last-seen time (from
-the injectable clock, not Redis expiry), so the idle rule is exact and testable.
+the injectable clock, not Redis expiry), so the idle rule is exact and testable; they are
+kept by the commit script (commit.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import ipaddress
 import secrets
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 import redis.asyncio as aioredis
 
@@ -22,9 +24,9 @@ from openanalytics.cache import TTLCache
 
 SALT_TTL_SECONDS = 2 * 24 * 3600
 SESSION_IDLE = timedelta(minutes=30)
-_IDLE_MS = int(SESSION_IDLE.total_seconds() * 1000)
 
 
+@lru_cache(maxsize=50_000)
 def anonymise_ip(ip: str) -> str:
     """IPv4: last octet zeroed; IPv6: last 80 bits zeroed. Unparseable input gives ''."""
     try:
@@ -71,42 +73,3 @@ def user_visitor_hash(project_id: str, user_id: str) -> int:
     """Server-side events name their user; the visitor is that user, stable across days."""
     digest = hashlib.blake2b(f"{project_id}\x1f{user_id}".encode(), digest_size=8, person=b"oa-user").digest()
     return int.from_bytes(digest, "big") >> 1 or 1
-
-
-# KEYS[1] today's visitor session, KEYS[2] yesterday's (may be absent)
-# ARGV[1] now ms, ARGV[2] idle ms, ARGV[3] a fresh session id
-# Returns {session id, 1 if yesterday's visitor continues}
-_SESSION_SCRIPT = """
-local now, idle = tonumber(ARGV[1]), tonumber(ARGV[2])
-local function live(key)
-  local value = redis.call('GET', key)
-  if not value then return nil end
-  local sid, seen = string.match(value, '^(%d+):(%d+)$')
-  if sid and now - tonumber(seen) <= idle then return sid end
-  return nil
-end
-local key, continued = KEYS[1], 0
-local sid = live(KEYS[1])
-if not sid and KEYS[2] then
-  sid = live(KEYS[2])
-  if sid then key, continued = KEYS[2], 1 end
-end
-sid = sid or ARGV[3]
-redis.call('SET', key, sid .. ':' .. ARGV[1], 'PX', idle * 2)
-return {sid, continued}
-"""
-
-
-class Sessions:
-    def __init__(self, redis: aioredis.Redis):
-        self.redis = redis
-        self._script = redis.register_script(_SESSION_SCRIPT)
-
-    async def session_for(self, project_id: str, visitor: int, previous_visitor: int | None, now: datetime) -> tuple[int, bool]:
-        """(session id, whether it is `previous_visitor`'s session continuing across midnight)."""
-        keys = [f"oa:sess:{project_id}:{visitor}"]
-        if previous_visitor is not None:
-            keys.append(f"oa:sess:{project_id}:{previous_visitor}")
-        now_ms = int(now.timestamp() * 1000)
-        sid, continued = await self._script(keys=keys, args=[now_ms, _IDLE_MS, secrets.randbits(62) or 1])
-        return int(sid), bool(int(continued))
