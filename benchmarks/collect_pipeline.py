@@ -43,13 +43,13 @@ def serve_bare(port: int) -> None:
 def serve_full(port: int) -> None:
     import uvicorn
 
-    from openanalytics.app import create_app
+    from openanalytics.app import create_app, served
     from openanalytics.config import Settings
     from openanalytics.runtime import Stores
 
     stores = Stores.open(Settings())
     app = create_app(stores, owns_stores=True)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False)
+    uvicorn.run(served(app), host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False)
 
 
 async def main() -> None:

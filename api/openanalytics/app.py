@@ -98,3 +98,8 @@ def create_app(
     events_body = {"requestBody": events.request_body_spec(stores.settings.events_max_batch)}
     app.openapi = lambda: build_openapi(app, [EventIn], {("/v1/projects/{project_id}/events", "post"): events_body})
     return app
+
+
+def served(app: FastAPI):
+    """What the server runs: /collect answered before FastAPI's own middleware stack too."""
+    return collect.CollectEndpoint(app, app.state.collector)

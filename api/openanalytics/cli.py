@@ -74,7 +74,7 @@ def main() -> None:
 def _serve(with_worker: bool, host: str | None, port: int | None) -> None:
     import uvicorn
 
-    from openanalytics.app import create_app
+    from openanalytics.app import create_app, served
     from openanalytics.runtime import Stores
 
     settings = _settings()
@@ -86,7 +86,7 @@ def _serve(with_worker: bool, host: str | None, port: int | None) -> None:
     # No access log (it would hold client IPs) and no proxy headers from uvicorn: the
     # client IP is taken from X-Forwarded-For only for OA_TRUSTED_PROXIES, by the app.
     uvicorn.run(
-        app, host=host or settings.host, port=port or settings.port, log_level="info",
+        served(app), host=host or settings.host, port=port or settings.port, log_level="info",
         access_log=False, proxy_headers=False,
     )
 

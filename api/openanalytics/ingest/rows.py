@@ -26,10 +26,11 @@ def url_parts(url: str | None) -> dict[str, str]:
         return {}
     parts = urlsplit(url)
     row = {"url": url, "hostname": (parts.hostname or "").lower(), "path": parts.path or "/"}
-    query = dict(parse_qsl(parts.query))
-    for name in UTM_FIELDS:
-        if query.get(name):
-            row[name] = query[name][:500]
+    if "utm_" in parts.query:
+        query = dict(parse_qsl(parts.query))
+        for name in UTM_FIELDS:
+            if query.get(name):
+                row[name] = query[name][:500]
     return row
 
 
