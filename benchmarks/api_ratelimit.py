@@ -6,7 +6,7 @@ costs the machine little) alternates rounds between them, and the median round c
 
     python benchmarks/api_ratelimit.py [--seconds 3] [--rounds 5] [--connections 32] [--stores redis,embedded]
 
-The "redis" rows need Redis on 127.0.0.1:6379 (database 13 is flushed); "embedded" uses
+The "redis" rows need Redis on 127.0.0.1:6379 (database 15 is flushed); "embedded" uses
 the in-process fakeredis of each server.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _load import cli, free_port, http_request, load, start_server
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_URL = "redis://127.0.0.1:6379/15"  # the tests use 9-12
 def serve(port: int, limits: bool) -> None:
     """Run one API server (called in a child process)."""
     import uvicorn

@@ -3,7 +3,7 @@ both measured in the same run on the same machine, one server process each.
 
     python benchmarks/collect_pipeline.py [--seconds 3] [--rounds 5] [--connections 32]
 
-Needs Redis on 127.0.0.1:6379 (database 13 is flushed). Rounds alternate between the two
+Needs Redis on 127.0.0.1:6379 (database 15 is flushed). Rounds alternate between the two
 servers; the median round's requests/s and its p50/p99 latency are reported.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from _load import cli, free_port, http_request, load, start_server
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_URL = "redis://127.0.0.1:6379/15"  # the tests use 9-12
 UA = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 Safari/537.36"
 
 

@@ -114,9 +114,23 @@ def test_do_not_track_sends_nothing(platform, chromium):
     page.wait_for_function("window.oa && !window.oa.q")
     page.evaluate("history.pushState({}, '', '/dnt.html?next'); oa('event', 'x'); oa('conversion', 'y', {revenue: 1, currency: 'EUR'})")
     page.wait_for_timeout(500)
+    assert page.evaluate("[localStorage.length, sessionStorage.length]") == [0, 0], "no-op: nothing stored either"
     context.close()
     assert sent == []
     assert arrivals(platform, "dnt.html") == []
+
+
+def test_in_page_anchors_are_not_pageviews(platform, chromium):
+    context = chromium.new_context(user_agent=BROWSER)
+    page = context.new_page()
+    sent = collect_requests(page)
+    page.goto(f"{platform['pages']}/optout.html?anchors")
+    page.wait_for_function("window.oa && !window.oa.q")
+    page.evaluate("location.hash = '#faq'; location.hash = '#top'; history.back()")
+    page.wait_for_timeout(500)
+    context.close()
+    pageviews = [body for body in sent if '"pageview"' in body]
+    assert len(pageviews) == 1 and "#" not in pageviews[0], sent
 
 
 def test_opt_out_stops_everything_and_clears_local_ids(platform, chromium):
@@ -134,6 +148,8 @@ def test_opt_out_stops_everything_and_clears_local_ids(platform, chromium):
     page.evaluate("oa('optOut')")
     assert page.evaluate("[localStorage.getItem('_oaa_uid'), sessionStorage.getItem('_oaa_sid')]") == [None, None]
     page.evaluate("history.pushState({}, '', '/optout.html?after'); oa('event', 'after'); oa('identify', 'again')")
+    stored = "[localStorage.getItem('_oaa_uid'), sessionStorage.getItem('_oaa_sid')]"
+    assert page.evaluate(stored) == [None, None], "nothing is written back after optOut"
     page.reload()  # the opt-out outlives the page
     page.wait_for_function("typeof window.oa === 'function'")
     page.evaluate("oa('event', 'after_reload')")

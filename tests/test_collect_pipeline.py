@@ -207,6 +207,37 @@ async def test_a_visit_across_midnight_keeps_its_visitor_and_session(app, stores
         assert 0 < await stores.redis.ttl(key) <= 2 * 24 * 3600, "salts are destroyed after two days"
 
 
+async def test_a_visit_continuing_well_past_midnight_stays_one_visit(app, stores, worker, tenant):
+    for moment in (datetime(2026, 11, 26, 23, 50, tzinfo=UTC), datetime(2026, 11, 27, 0, 10, tzinfo=UTC),
+                   datetime(2026, 11, 27, 0, 35, tzinfo=UTC), datetime(2026, 11, 27, 0, 50, tzinfo=UTC)):
+        app.state.collector.clock = lambda moment=moment: moment
+        await send(app, tenant)
+    found = await rows(stores, worker, tenant, "visitor_id, session_id")
+    assert len(set(found)) == 1, "gaps of 25 minutes at most: one visitor, one session"
+
+
+async def test_a_batch_for_two_sites_gives_each_its_own_visitor(app, stores, worker, make_tenant):
+    first, second = make_tenant(), make_tenant()
+    await send(app, second)  # alone, for reference
+    async with client_at(app, "198.51.100.7") as http:
+        batch = [{"site_id": first.site_id, "url": "https://shop.example/"},
+                 {"site_id": second.site_id, "url": "https://shop.example/b"}]
+        assert (await http.post("/collect", json=batch)).status_code == 204
+    second_rows = await rows(stores, worker, second, "visitor_id")
+    first_rows = await stored_rows(stores, first.id, "visitor_id")
+    assert len(second_rows) == 2 and second_rows[0] == second_rows[1], "same browser: same visitor in project B"
+    assert first_rows[0] != second_rows[0], "no visitor id shared across tenants"
+
+
+async def test_what_browsers_really_send_is_kept(app, stores, worker, tenant):
+    long_url = "https://shop.example/search?q=" + "x" * 3000
+    await send(app, tenant, url=long_url, referrer="https://www.google.com/?" + "y" * 3000)
+    await send(app, tenant, event_type="conversion", event_name="buy", revenue=0.1 + 0.2, currency="eur")
+    found = await rows(stores, worker, tenant, "event_type, length(url), revenue, currency")
+    assert sorted(found, key=lambda r: r[0]) == [("conversion", 21, __import__("decimal").Decimal("0.3"), "EUR"),
+                                                ("pageview", 2048, None, "")]
+
+
 async def test_different_days_are_different_visitors(app, stores, worker, tenant):
     for day in (1, 2):
         app.state.collector.clock = lambda day=day: datetime(2026, 11, day, 12, 0, tzinfo=UTC)

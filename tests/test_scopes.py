@@ -12,7 +12,7 @@ from openanalytics.app import create_app
 from openanalytics.auth.keys import Scope
 from tests.helpers import assert_error
 
-PUBLIC = {("GET", "/oa.js"), ("POST", "/collect"), ("GET", "/healthz"), ("GET", "/readyz")}
+PUBLIC = {("GET", "/oa.js"), ("HEAD", "/oa.js"), ("POST", "/collect"), ("GET", "/healthz"), ("GET", "/readyz")}
 
 # (method, path) -> (scope, request kwargs that are valid apart from authorisation)
 ROUTES = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -47,6 +48,9 @@ CORS = {
     "Access-Control-Max-Age": "86400",
 }
 SITE_ID = re.compile(r"^site_[0-9a-f]{16}$")
+MAX_USER_AGENT = 512  # longer ones are cut before parsing and hashing (no browser sends more)
+MAX_URL = 2048
+_FAILURE_LOG_EVERY = 10.0
 
 
 class DropReason(StrEnum):
@@ -75,6 +79,23 @@ class CollectIn(EventIn):
 
     site_id: str = Field(pattern=SITE_ID.pattern)
     timestamp: Any = Field(default=None, exclude=True)
+
+    @field_validator("url", "referrer", mode="before")
+    @classmethod
+    def _cut(cls, value):
+        # Browsers make long URLs; keep the event, cut the URL.
+        return value[:MAX_URL] if isinstance(value, str) else value
+
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _upper(cls, value):
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("revenue", mode="before")
+    @classmethod
+    def _round(cls, value):
+        # 0.1 + 0.2 in a browser is 0.30000000000000004.
+        return round(value, 4) if isinstance(value, float) else value
     event_type: EventType = EventType.pageview
     referrer: str | None = Field(default=None, max_length=2048)
     screen_width: int | None = Field(default=None, ge=0, le=65535)
@@ -89,7 +110,7 @@ class Hit:
     user_agent: str
     accept_language: str
     received: datetime
-    visitors: tuple[int, int | None] | None = None  # the same for every event of the request
+    visitors: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # per project
 
     def __post_init__(self) -> None:
         self.received_ms = int(self.received.timestamp() * 1000)
@@ -199,9 +220,9 @@ class Collector:
 
     async def put_visitor(self, hit: Hit, event: Event) -> None:
         """Today's visitor and, just after midnight, yesterday's (its session may continue)."""
-        if hit.visitors is None:
+        project_id = event.project.id
+        if project_id not in hit.visitors:
             anon = anonymise_ip(hit.ip)
-            project_id = event.project.id
 
             async def visitor_on(day: datetime) -> int:
                 salt = await self.salts.for_day(day_of(day))
@@ -209,8 +230,8 @@ class Collector:
 
             since_midnight = hit.received - hit.received.replace(hour=0, minute=0, second=0, microsecond=0)
             previous = await visitor_on(hit.received - timedelta(days=1)) if since_midnight <= SESSION_IDLE else None
-            hit.visitors = (await visitor_on(hit.received), previous)
-        event.visitors = hit.visitors
+            hit.visitors[project_id] = (await visitor_on(hit.received), previous)
+        event.visitors = hit.visitors[project_id]
 
     # -- the request ------------------------------------------------------------
 
@@ -241,7 +262,7 @@ class Collector:
         received = self.clock()
         hit = Hit(
             ip=client_ip(peer, headers.get("x-forwarded-for"), self.trusted_proxies),
-            user_agent=headers.get("user-agent", ""),
+            user_agent=headers.get("user-agent", "")[:MAX_USER_AGENT],
             accept_language=headers.get("accept-language", ""),
             received=received,
         )
@@ -267,6 +288,7 @@ class CollectEndpoint:
         self.app = app
         self.collector = collector
         self.limit = collector.settings.collect_max_body_bytes
+        self._logged_at = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/collect" or scope["method"] not in ("POST", "OPTIONS"):
@@ -281,7 +303,11 @@ class CollectEndpoint:
             except Dropped:
                 pass  # nothing attributable to a site (too large, malformed)
             except Exception:  # the public endpoint never answers 5xx
-                log.exception("collect failed")
+                now = time.monotonic()
+                if now - self._logged_at > _FAILURE_LOG_EVERY:  # an outage must not flood the log
+                    self._logged_at = now
+                    log.exception("collect failed (further failures in the next %ds are not logged)",
+                                  int(_FAILURE_LOG_EVERY))
         await send({"type": "http.response.start", "status": 204, "headers": _CORS_HEADERS})
         await send({"type": "http.response.body", "body": b""})
 

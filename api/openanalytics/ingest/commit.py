@@ -23,7 +23,8 @@ from openanalytics.ingest import arrivals
 log = logging.getLogger(__name__)
 
 FIELDS = 14  # values per hit, sent as one argument joined by SEPARATOR
-SEPARATOR = b"\x1f"  # never inside JSON text (control characters are escaped there)
+SEPARATOR = b"\x1f"
+MAX_HITS_PER_CALL = 500  # never inside JSON text (control characters are escaped there)
 
 _SCRIPT = r"""
 local window, idle, stream = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
@@ -34,11 +35,12 @@ local function spend(key, limit)
   if count == 1 then redis.call('PEXPIRE', key, window) end
   return count <= limit
 end
+-- A session is "sid:last seen ms:visitor"; the visitor it started with stays its visitor.
 local function live(key)
   local value = redis.call('GET', key)
   if not value then return nil end
-  local sid, seen = string.match(value, '^(%d+):(%d+)$')
-  if sid and now - tonumber(seen) <= idle then return sid end
+  local sid, seen, who = string.match(value, '^(%d+):(%d+):(%d+)$')
+  if sid and now - tonumber(seen) <= idle then return sid, who end
   return nil
 end
 local outcomes, touched = {}, {}
@@ -66,14 +68,13 @@ for i = 6, #ARGV do
       outcome = 'rate_limited_site'
     else
       local key = 'oa:sess:' .. pid .. ':' .. visitor
-      local sid = live(key)
+      local sid, who = live(key)
       if not sid and previous ~= '' then
-        local before = 'oa:sess:' .. pid .. ':' .. previous
-        sid = live(before)
-        if sid then key, visitor = before, previous end
+        -- Just after midnight: yesterday's visitor may be mid-visit. Continue it under today's key too.
+        sid, who = live('oa:sess:' .. pid .. ':' .. previous)
       end
-      sid = sid or fresh
-      redis.call('SET', key, sid .. ':' .. stamp, 'PX', idle * 2)
+      sid, visitor = sid or fresh, who or visitor
+      redis.call('SET', key, sid .. ':' .. stamp .. ':' .. visitor, 'PX', idle * 2)
       -- field 'e' as in buffer.FIELD, which the worker reads
       redis.call('XADD', stream, '*', 'e', row .. ',"visitor_id":' .. visitor .. ',"session_id":' .. sid .. '}')
       outcome = 'accepted'
@@ -125,11 +126,12 @@ class Committer:
     async def _flush(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []
-            argv: list = [self.window_ms, self.idle_ms, self.stream, arrivals.KEEP, arrivals.TTL_SECONDS]
-            for hits, _ in batch:
-                argv.extend(hits)
+            shared = [self.window_ms, self.idle_ms, self.stream, arrivals.KEEP, arrivals.TTL_SECONDS]
+            hits = [hit for request_hits, _ in batch for hit in request_hits]
             try:
-                outcomes = await self._call(argv)
+                outcomes = []
+                for start in range(0, len(hits), MAX_HITS_PER_CALL):  # no call long enough to stall Redis
+                    outcomes += await self._call(shared + hits[start:start + MAX_HITS_PER_CALL])
             except BaseException as exc:
                 for _, future in batch:
                     if not future.done():

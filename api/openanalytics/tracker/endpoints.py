@@ -9,6 +9,7 @@ router = APIRouter(tags=["Tracker"])
 CACHE = "public, max-age=3600, stale-while-revalidate=86400"
 
 
+@router.head("/oa.js", include_in_schema=False)
 @router.get(
     "/oa.js",
     summary="The browser tracker",

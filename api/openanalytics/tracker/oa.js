@@ -1,4 +1,4 @@
-/*! OpenAnalytics tracker. <script defer src="…/oa.js" data-site-id="site_…" [data-api="…/collect"] [data-respect-dnt="true"]> */
+/*! OpenAnalytics tracker. <script defer src="…/oa.js" data-site-id="site_…" [data-api="…/collect"] [data-respect-dnt="true"] [data-hash="true"]> */
 (function (w, d, n) {
   var s = d.currentScript, site = s && s.getAttribute("data-site-id");
   if (!site) return;
@@ -10,11 +10,13 @@
   var dnt = s.getAttribute("data-respect-dnt") === "true" &&
     (n.doNotTrack == "1" || w.doNotTrack == "1" || n.msDoNotTrack == "1");
   var off = dnt || get(OUT, 1) === "1";
+  var hashRoutes = s.getAttribute("data-hash") === "true";
+  function here() { return hashRoutes ? location.href : location.href.split("#")[0]; }
 
   function send(p) {
     if (off) return;
     p.site_id = site;
-    p.url = location.href;
+    p.url = here();
     if (d.referrer) p.referrer = d.referrer;
     p.screen_width = w.screen && screen.width;
     p.language = n.language;
@@ -28,8 +30,10 @@
   }
 
   function pageview() {
-    if (get(SID) === location.href) return; // the same page again (replaceState, reload)
-    set(SID, location.href);
+    if (off) return; // and store nothing either
+    var page = here();
+    if (get(SID) === page) return; // the same page again (replaceState, reload, an in-page #anchor)
+    set(SID, page);
     send({ event_type: "pageview" });
   }
 
