@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -114,8 +115,15 @@ class Hit:
 
     def __post_init__(self) -> None:
         self.received_ms = int(self.received.timestamp() * 1000)
-        self.received_iso = self.received.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        self.day = day_of(self.received)
+        second, self.day = _second_and_day(self.received_ms // 1000)
+        self.received_iso = f"{second}.{self.received_ms % 1000:03d}Z"
+
+
+@lru_cache(maxsize=4)
+def _second_and_day(epoch_second: int) -> tuple[str, str]:
+    """Formatting dates is slow; hits within one second share it."""
+    moment = datetime.fromtimestamp(epoch_second, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S"), day_of(moment)
 
 
 @dataclass
@@ -224,13 +232,15 @@ class Collector:
         if project_id not in hit.visitors:
             anon = anonymise_ip(hit.ip)
 
-            async def visitor_on(day: datetime) -> int:
-                salt = await self.salts.for_day(day_of(day))
+            async def visitor_on(day: str) -> int:
+                salt = await self.salts.for_day(day)
                 return visitor_hash(salt, project_id, hit.user_agent, hit.accept_language, anon)
 
-            since_midnight = hit.received - hit.received.replace(hour=0, minute=0, second=0, microsecond=0)
-            previous = await visitor_on(hit.received - timedelta(days=1)) if since_midnight <= SESSION_IDLE else None
-            hit.visitors[project_id] = (await visitor_on(hit.received), previous)
+            since_midnight_ms = hit.received_ms % 86_400_000
+            previous = None
+            if since_midnight_ms <= SESSION_IDLE.total_seconds() * 1000:
+                previous = await visitor_on(day_of(hit.received - timedelta(days=1)))
+            hit.visitors[project_id] = (await visitor_on(hit.day), previous)
         event.visitors = hit.visitors[project_id]
 
     # -- the request ------------------------------------------------------------

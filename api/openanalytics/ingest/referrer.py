@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from functools import lru_cache
+
+from openanalytics.ingest.urls import split_url
 
 # Hosts (and their subdomains) of search engines and social sites, by the name they report as.
 KNOWN: dict[str, tuple[str, ...]] = {
@@ -43,11 +45,12 @@ def _strip_www(host: str) -> str:
     return host[4:] if host.startswith("www.") else host
 
 
+@lru_cache(maxsize=4096)
 def source_for(referrer: str | None, page_host: str) -> tuple[str, str]:
     """(referrer to keep, source name). Self-referrals give ("", ""); unknown hosts are their own name."""
     if not referrer:
         return "", ""
-    host = (urlsplit(referrer).hostname or "").lower()
+    host = (split_url(referrer).hostname or "").lower()
     if not host:
         return "", ""
     host = _strip_www(host)

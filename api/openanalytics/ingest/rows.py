@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
+import os
+from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import orjson
 
 from openanalytics.ingest.schemas import EventIn
+from openanalytics.ingest.urls import split_url
 
 UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 
@@ -21,10 +23,23 @@ def property_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def new_event_id() -> str:
+    """A random (version 4) UUID as text, without building a UUID object."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def url_parts(url: str | None) -> dict[str, str]:
-    if not url:
-        return {}
-    parts = urlsplit(url)
+    return _url_parts(url) if url else {}
+
+
+@lru_cache(maxsize=4096)
+def _url_parts(url: str) -> dict[str, str]:
+    """Cached, so callers must not change what they get."""
+    parts = split_url(url)
     row = {"url": url, "hostname": (parts.hostname or "").lower(), "path": parts.path or "/"}
     if "utm_" in parts.query:
         query = dict(parse_qsl(parts.query))
@@ -37,7 +52,7 @@ def url_parts(url: str | None) -> dict[str, str]:
 def event_row(project_id: str, event: EventIn, received_ms: int, origin: str) -> dict[str, Any]:
     row: dict[str, Any] = {
         "project_id": project_id,
-        "event_id": str(uuid.uuid4()),
+        "event_id": new_event_id(),
         "event_type": event.event_type.value,
         "event_name": event.event_name or "",
         "timestamp": event.timestamp if event.timestamp is not None else received_ms,
@@ -49,5 +64,5 @@ def event_row(project_id: str, event: EventIn, received_ms: int, origin: str) ->
     if event.revenue is not None:
         row["revenue"] = str(event.revenue)
         row["currency"] = event.currency
-    row.update(url_parts(event.url))
+    row.update(url_parts(event.url))  # copies the cached parts
     return row

@@ -6,10 +6,11 @@ import math
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import pycountry
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+from openanalytics.ingest.urls import is_absolute_http
 
 MAX_PROPERTIES = 50
 MAX_PROPERTY_KEY = 100
@@ -96,8 +97,7 @@ class EventIn(BaseModel):
     def _absolute_url(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if not is_absolute_http(value):
             raise ValueError("must be an absolute http(s) URL")
         return value
 
