@@ -175,6 +175,20 @@ async def test_per_ip_and_per_site_budgets(app, stores, worker, make_tenant):
     assert verify["ignored_today"] == {"rate_limited_ip": 1, "rate_limited_site": 1}
 
 
+async def test_ipv6_budgets_cover_the_whole_64(app, stores, worker, make_tenant):
+    from openanalytics.projects.models import Project
+    from openanalytics.projects.service import apply_plan
+
+    tenant = make_tenant(plan="free")
+    with stores.db.session() as session:
+        apply_plan(session.get(Project, tenant.id), "free", {"collect_per_ip_per_minute": 2})
+    app.state.collector.sites.clear()
+    for suffix in ("1", "2", "3"):  # rotating addresses inside one /64
+        await send(app, tenant, ip=f"2001:db8:1:2::{suffix}")
+    await send(app, tenant, ip="2001:db8:1:3::1")  # another /64: its own budget
+    assert len(await rows(stores, worker, tenant, "event_id")) == 3
+
+
 # -- visitors and sessions over time ------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import math
 import time
@@ -72,10 +73,24 @@ class Budget:
         ]
 
 
+def budget_network(ip: str) -> str:
+    """Whom a per-IP budget belongs to: the IPv4 address, or the IPv6 /64 (one subscriber's
+    network; rotating addresses inside it must not buy a fresh budget)."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if addr.version == 4:
+        return str(addr)
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{addr}/64", strict=False).network_address)
+
+
 @lru_cache(maxsize=10_000)
 def ip_tag(ip: str) -> str:
-    """A hash, so no raw IP sits in Redis either."""
-    return hashlib.sha256(ip.encode()).hexdigest()[:24]
+    """A hash of the IP's budget network, so no raw IP sits in Redis either."""
+    return hashlib.sha256(budget_network(ip).encode()).hexdigest()[:24]
 
 
 def _ip_key(ip: str) -> str:
