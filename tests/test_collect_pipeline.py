@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -187,6 +188,22 @@ async def test_ipv6_budgets_cover_the_whole_64(app, stores, worker, make_tenant)
         await send(app, tenant, ip=f"2001:db8:1:2::{suffix}")
     await send(app, tenant, ip="2001:db8:1:3::1")  # another /64: its own budget
     assert len(await rows(stores, worker, tenant, "event_id")) == 3
+
+
+async def test_probing_random_site_ids_costs_a_bounded_number_of_queries(app, stores, tenant, monkeypatch):
+    from openanalytics.ingest import collect
+
+    lookups = []
+    real = collect.site_lookup
+    monkeypatch.setattr(collect, "site_lookup", lambda db, site_id: lookups.append(site_id) or real(db, site_id))
+    rate = collect.SITE_LOOKUPS_PER_SECOND
+    started = time.monotonic()
+    async with client_at(app, "198.51.100.7") as http:
+        for n in range(rate * 2):
+            await http.post("/collect", json={"site_id": f"site_{n:016x}", "url": "https://a.example/"})
+    elapsed = time.monotonic() - started
+    assert len(lookups) <= rate + rate * elapsed + 1, "a burst, then the refill rate"
+    assert len(lookups) < rate * 2 or elapsed > 1
 
 
 # -- visitors and sessions over time ------------------------------------------------

@@ -52,6 +52,25 @@ SITE_ID = re.compile(r"^site_[0-9a-f]{16}$")
 MAX_USER_AGENT = 512  # longer ones are cut before parsing and hashing (no browser sends more)
 MAX_URL = 2048
 _FAILURE_LOG_EVERY = 10.0
+SITE_LOOKUPS_PER_SECOND = 200  # per process: site ids not in the cache, looked up in the database
+
+
+class TokenBucket:
+    """At most `rate` takes per second, in bursts of up to `rate`."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.tokens = rate
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 class DropReason(StrEnum):
@@ -162,6 +181,7 @@ class Collector:
         self.geo = geo
         self.clock = clock or (lambda: datetime.now(UTC))
         self.sites: TTLCache[str, Project | None] = TTLCache(self.settings.cache_ttl_seconds)
+        self._lookups = TokenBucket(SITE_LOOKUPS_PER_SECOND)
         self.salts = Salts(stores.redis)
         self.committer = Committer(stores.redis, self.settings.stream_key, WINDOW_MS, int(SESSION_IDLE.total_seconds() * 1000))
         self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
@@ -185,6 +205,9 @@ class Collector:
             raise Dropped(DropReason.unknown_site)
         found, project = self.sites.get(site_id)
         if not found:
+            if not self._lookups.take():
+                # Random site ids must not turn into a flood of database queries.
+                raise Dropped(DropReason.unknown_site)
             generation = self.sites.generation
             project = await run_in_threadpool(site_lookup, self.stores.db, site_id)
             self.sites.put(site_id, project, generation)
