@@ -136,6 +136,20 @@ async def test_no_ip_or_user_agent_is_stored(app, stores, worker, tenant, city_d
     assert "DE" in row and "Berlin" in row  # geo came from the full IP before it was dropped
 
 
+async def test_no_ip_in_redis_either(app, stores, tenant):
+    import hashlib
+
+    await send(app, tenant, ip="198.51.100.7", ua=UA["iphone"])
+    plain = hashlib.sha256(b"198.51.100.7").hexdigest()[:24]
+    for key in await stores.redis.keys("*"):
+        assert b"198.51.100" not in key and plain.encode() not in key, key
+        if await stores.redis.type(key) == b"string":
+            assert b"198.51.100" not in (await stores.redis.get(key) or b""), key
+    stream = await stores.redis.xrange(stores.settings.stream_key)
+    assert stream and all(b"198.51.100" not in fields[b"e"] and b"iPhone; CPU" not in fields[b"e"]
+                          for _, fields in stream)
+
+
 async def test_forwarded_for_spoofing_does_not_move_the_client(app, stores, worker, tenant, city_db):
     app.state.collector.geo = Geo(city_db)
     await send(app, tenant, ip="198.51.100.7", headers={"X-Forwarded-For": "2001:db8::1"})  # untrusted peer

@@ -9,6 +9,7 @@ site every outcome is kept for Verify Installation.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import secrets
@@ -26,7 +27,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from openanalytics.auth.ratelimit import WINDOW_MS, ip_tag
+from openanalytics.auth.ratelimit import WINDOW_MS, budget_network
 from openanalytics.cache import TTLCache
 from openanalytics.ingest.commit import Committer, pack
 from openanalytics.ingest.client_ip import client_ip, parse_networks
@@ -131,6 +132,7 @@ class Hit:
     accept_language: str
     received: datetime
     visitors: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # per project
+    budget_tag: str | None = None  # names the client's per-IP budget in Redis
 
     def __post_init__(self) -> None:
         self.received_ms = int(self.received.timestamp() * 1000)
@@ -264,6 +266,11 @@ class Collector:
             if since_midnight_ms <= SESSION_IDLE.total_seconds() * 1000:
                 previous = await visitor_on(day_of(hit.received - timedelta(days=1)))
             hit.visitors[project_id] = (await visitor_on(hit.day), previous)
+            if hit.budget_tag is None:
+                # Keyed with today's salt: the budget key in Redis says nothing about the IP once
+                # the salt is gone (a plain hash of an IPv4 address is easy to reverse).
+                salt = await self.salts.for_day(hit.day)
+                hit.budget_tag = hashlib.blake2b(budget_network(hit.ip).encode(), key=salt, digest_size=12).hexdigest()
         event.visitors = hit.visitors[project_id]
 
     # -- the request ------------------------------------------------------------
@@ -285,7 +292,7 @@ class Collector:
         row = orjson.dumps(event.row)[:-1]
         visitor, previous = event.visitors
         return pack(
-            "E", project.id, ip_tag(hit.ip), project.collect_per_ip_per_minute, project.collect_per_site_per_minute,
+            "E", project.id, hit.budget_tag, project.collect_per_ip_per_minute, project.collect_per_site_per_minute,
             visitor, previous or "", secrets.randbits(62) or 1, row, arrival, event.row["event_id"], "",
             hit.received_ms, day,
         )
