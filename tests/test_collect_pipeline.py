@@ -140,6 +140,9 @@ async def test_no_ip_in_redis_either(app, stores, tenant):
     import hashlib
 
     await send(app, tenant, ip="198.51.100.7", ua=UA["iphone"])
+    async with client_at(app, "198.51.100.7") as http:  # a failed authentication is counted per IP too
+        assert (await http.get("/v1/projects", headers={"Authorization": "Bearer oa_live_guess"})).status_code == 401
+    assert len(await stores.redis.keys("oa:rl:authfail:*")) == 1
     plain = hashlib.sha256(b"198.51.100.7").hexdigest()[:24]
     for key in await stores.redis.keys("*"):
         assert b"198.51.100" not in key and plain.encode() not in key, key

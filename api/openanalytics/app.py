@@ -90,6 +90,7 @@ def create_app(
         limiter=limiter if rate_limits else None,
         trusted=parse_networks(settings.trusted_proxies),
         max_body_bytes=settings.events_max_body_bytes,
+        salts=app.state.collector.salts,
     )
     app.add_middleware(collect.CollectEndpoint, collector=app.state.collector)  # outermost: the hot path
     errors.install(app)

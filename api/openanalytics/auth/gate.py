@@ -10,13 +10,15 @@ answered here, before any body is read, and bodies are capped for everyone.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openanalytics.auth.principals import Principals
-from openanalytics.auth.ratelimit import Budget, RateLimiter
+from openanalytics.auth.ratelimit import Budget, RateLimiter, client_tag
 from openanalytics.ingest.client_ip import Network, client_ip
+from openanalytics.ingest.visitor import Salts, day_of
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +44,14 @@ class BodyTooLarge(Exception):
 class ApiGate:
     def __init__(
         self, app: ASGIApp, principals: Principals, limiter: RateLimiter | None, trusted: tuple[Network, ...],
-        max_body_bytes: int,
+        max_body_bytes: int, salts: Salts,
     ):
         self.app = app
         self.principals = principals
         self.limiter = limiter  # None: budgets off (benchmarks compare against this)
         self.trusted = trusted
         self.max_body = max_body_bytes
+        self.salts = salts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1"):
@@ -65,11 +68,11 @@ class ApiGate:
         budget = None
         if self.limiter is not None:
             peer = scope["client"][0] if scope.get("client") else ""
-            ip = client_ip(peer, _header(scope, b"x-forwarded-for"), self.trusted)
             if principal is not None:
                 budget = await self.limiter.spend(principal.key_id, principal.requests_per_minute)
             else:
-                budget = await self.limiter.fail(ip)
+                ip = client_ip(peer, _header(scope, b"x-forwarded-for"), self.trusted)
+                budget = await self.limiter.fail(client_tag(ip, await self._salt()))
             if not budget.allowed:
                 await self._refuse(budget, send)
                 return
@@ -113,6 +116,12 @@ class ApiGate:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not started:
                 await _answer(send, 500, "internal_error", "The server failed; retrying with backoff is safe.", extra)
+
+    async def _salt(self) -> bytes:
+        try:
+            return await self.salts.for_day(day_of(datetime.now(UTC)))
+        except Exception:
+            return b""  # Redis is down: the limiter fails open anyway
 
     @staticmethod
     async def _refuse(budget: Budget, send: Send) -> None:

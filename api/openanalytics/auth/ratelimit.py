@@ -88,13 +88,10 @@ def budget_network(ip: str) -> str:
 
 
 @lru_cache(maxsize=10_000)
-def ip_tag(ip: str) -> str:
-    """A hash of the IP's budget network, so no raw IP sits in Redis either."""
-    return hashlib.sha256(budget_network(ip).encode()).hexdigest()[:24]
-
-
-def _ip_key(ip: str) -> str:
-    return "oa:rl:authfail:" + ip_tag(ip)
+def client_tag(ip: str, salt: bytes) -> str:
+    """Names a client's per-IP budget in Redis: keyed with the day's salt, so the key says
+    nothing about the IP once the salt is gone (a plain hash of an IPv4 address is easy to reverse)."""
+    return hashlib.blake2b(budget_network(ip).encode(), key=salt, digest_size=12).hexdigest()
 
 
 # (counter, guard or None) -> [(limit, future), ...] in arrival order
@@ -115,9 +112,9 @@ class RateLimiter:
         behind a shared proxy that would let one attacker lock everyone out.)"""
         return await self._queue((f"oa:rl:key:{key_id}", None), limit)
 
-    async def fail(self, ip: str) -> Budget:
-        """One failed authentication from this IP."""
-        return await self._queue((_ip_key(ip), None), self.failure_limit)
+    async def fail(self, tag: str) -> Budget:
+        """One failed authentication from the client `tag` (see client_tag) names."""
+        return await self._queue((f"oa:rl:authfail:{tag}", None), self.failure_limit)
 
     async def _queue(self, counters: tuple[str, str | None], limit: int) -> Budget:
         future = asyncio.get_running_loop().create_future()

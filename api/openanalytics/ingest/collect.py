@@ -9,7 +9,6 @@ site every outcome is kept for Verify Installation.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import secrets
@@ -27,7 +26,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from openanalytics.auth.ratelimit import WINDOW_MS, budget_network
+from openanalytics.auth.ratelimit import WINDOW_MS, client_tag
 from openanalytics.cache import TTLCache
 from openanalytics.ingest.commit import Committer, pack
 from openanalytics.ingest.client_ip import client_ip, parse_networks
@@ -267,10 +266,7 @@ class Collector:
                 previous = await visitor_on(day_of(hit.received - timedelta(days=1)))
             hit.visitors[project_id] = (await visitor_on(hit.day), previous)
             if hit.budget_tag is None:
-                # Keyed with today's salt: the budget key in Redis says nothing about the IP once
-                # the salt is gone (a plain hash of an IPv4 address is easy to reverse).
-                salt = await self.salts.for_day(hit.day)
-                hit.budget_tag = hashlib.blake2b(budget_network(hit.ip).encode(), key=salt, digest_size=12).hexdigest()
+                hit.budget_tag = client_tag(hit.ip, await self.salts.for_day(hit.day))
         event.visitors = hit.visitors[project_id]
 
     # -- the request ------------------------------------------------------------
