@@ -5,7 +5,7 @@
     ├── Unauthorized      401 unauthorized
     ├── Forbidden         403 insufficient_scope
     ├── NotFound          404 not_found
-    ├── RateLimited       429 rate_limited
+    ├── (429 rate_limited: answered by the /v1 gate, auth/gate.py)
     └── Unavailable       503 unavailable (a store is down; retry with backoff)
 """
 
@@ -52,10 +52,6 @@ class Forbidden(ApiError):
 
 class NotFound(ApiError):
     status, code = 404, "not_found"
-
-
-class RateLimited(ApiError):
-    status, code = 429, "rate_limited"
 
 
 class Unavailable(ApiError):

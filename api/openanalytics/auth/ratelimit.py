@@ -37,24 +37,16 @@ WINDOW_MS = 60_000
 ROUND_TRIP_TIMEOUT = 2.0
 _WARN_EVERY_SECONDS = 10.0
 
-# KEYS[1] the counter to add to, KEYS[2] an optional guard (the IP's failed authentications):
-# while the guard is at ARGV[2] or more, nothing is added and the answer is "blocked".
-# ARGV[1] window ms, ARGV[3] how many requests to add.
-# Returns {blocked (0/1), count after adding (or the guard's count), ttl_ms}.
+# KEYS[1] the counter, ARGV[1] window ms, ARGV[2] how many requests to add.
+# Returns {count after adding, ttl_ms}.
 _SCRIPT = """
-if KEYS[2] then
-  local guard = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if guard >= tonumber(ARGV[2]) then
-    return {1, guard, redis.call('PTTL', KEYS[2])}
-  end
-end
-local count = redis.call('INCRBY', KEYS[1], ARGV[3])
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
   ttl = tonumber(ARGV[1])
 end
-return {0, count, ttl}
+return {count, ttl}
 """
 
 
@@ -94,8 +86,8 @@ def client_tag(ip: str, salt: bytes) -> str:
     return hashlib.blake2b(budget_network(ip).encode(), key=salt, digest_size=12).hexdigest()
 
 
-# (counter, guard or None) -> [(limit, future), ...] in arrival order
-Waiting = dict[tuple[str, str | None], list[tuple[int, asyncio.Future]]]
+# counter -> [(limit, future), ...] in arrival order
+Waiting = dict[str, list[tuple[int, asyncio.Future]]]
 
 
 class RateLimiter:
@@ -110,15 +102,15 @@ class RateLimiter:
     async def spend(self, key_id: str, limit: int) -> Budget:
         """One request of a valid key. (A valid key is never refused for its IP's failures:
         behind a shared proxy that would let one attacker lock everyone out.)"""
-        return await self._queue((f"oa:rl:key:{key_id}", None), limit)
+        return await self._queue(f"oa:rl:key:{key_id}", limit)
 
     async def fail(self, tag: str) -> Budget:
         """One failed authentication from the client `tag` (see client_tag) names."""
-        return await self._queue((f"oa:rl:authfail:{tag}", None), self.failure_limit)
+        return await self._queue(f"oa:rl:authfail:{tag}", self.failure_limit)
 
-    async def _queue(self, counters: tuple[str, str | None], limit: int) -> Budget:
+    async def _queue(self, counter: str, limit: int) -> Budget:
         future = asyncio.get_running_loop().create_future()
-        self._waiting[counters].append((limit, future))
+        self._waiting[counter].append((limit, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -129,8 +121,8 @@ class RateLimiter:
             try:
                 # A stalled Redis must not stall the API: past the timeout, fail open.
                 results = await asyncio.wait_for(self._count(batch), ROUND_TRIP_TIMEOUT)
-                for waiters, (blocked, count, ttl) in zip(batch.values(), results):
-                    self._settle_group(waiters, int(blocked), int(count), int(ttl))
+                for waiters, (count, ttl) in zip(batch.values(), results):
+                    self._settle_group(waiters, int(count), int(ttl))
             except (RedisError, OSError, TimeoutError):
                 self._warn()
             except asyncio.CancelledError:
@@ -150,10 +142,9 @@ class RateLimiter:
     async def _count(self, batch: Waiting) -> list:
         for attempt in (1, 2):
             async with self.redis.pipeline(transaction=False) as pipe:
-                for (counter, guard), waiters in batch.items():
-                    keys = [counter] if guard is None else [counter, guard]
+                for counter, waiters in batch.items():
                     # EVALSHA directly: redis-py's Script in a pipeline asks SCRIPT EXISTS every time.
-                    pipe.evalsha(self._sha, len(keys), *keys, WINDOW_MS, self.failure_limit, len(waiters))
+                    pipe.evalsha(self._sha, 1, counter, WINDOW_MS, len(waiters))
                 try:
                     return await pipe.execute()
                 except NoScriptError:
@@ -162,14 +153,12 @@ class RateLimiter:
                     await self.redis.script_load(_SCRIPT)  # a new or restarted Redis
         raise AssertionError("unreachable")
 
-    def _settle_group(self, waiters: list[tuple[int, asyncio.Future]], blocked: int, count: int, ttl: int) -> None:
+    @staticmethod
+    def _settle_group(waiters: list[tuple[int, asyncio.Future]], count: int, ttl: int) -> None:
         reset = max(1, math.ceil(ttl / 1000))
         first = count - len(waiters) + 1  # each waiter's own place in the count
         for place, (limit, future) in enumerate(waiters, start=first):
-            if blocked:
-                _settle(future, Budget(self.failure_limit, 0, reset, False))
-            else:
-                _settle(future, Budget(limit, max(0, limit - place), reset, place <= limit))
+            _settle(future, Budget(limit, max(0, limit - place), reset, place <= limit))
 
     def _warn(self) -> None:
         now = time.monotonic()

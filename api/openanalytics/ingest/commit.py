@@ -22,7 +22,6 @@ from openanalytics.ingest import arrivals
 
 log = logging.getLogger(__name__)
 
-FIELDS = 14  # values per hit, sent as one argument joined by SEPARATOR
 SEPARATOR = b"\x1f"
 MAX_HITS_PER_CALL = 500  # never inside JSON text (control characters are escaped there)
 
@@ -103,7 +102,7 @@ _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 
 
 def pack(*values: bytes | str | int) -> bytes:
-    """One hit's FIELDS values as one script argument (one argument per value costs far more)."""
+    """One hit's 14 values (in the script's order) as one argument: one argument per value costs far more."""
     return SEPARATOR.join([v if type(v) is bytes else str(v).encode() for v in values])
 
 

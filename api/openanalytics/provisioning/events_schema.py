@@ -113,7 +113,3 @@ def ttl_days(store: EventStore, project_id: str) -> int | None:
     )
     match = re.search(r"TTL toDateTime\(timestamp\) \+ toIntervalDay\((\d+)\)", rows[0][0]) if rows else None
     return int(match.group(1)) if match else None
-
-
-def drop_project_database(store: EventStore, project_id: str) -> None:
-    store.command(f"DROP DATABASE IF EXISTS {database_name(project_id)}")
