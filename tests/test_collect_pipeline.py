@@ -223,6 +223,49 @@ async def test_probing_random_site_ids_costs_a_bounded_number_of_queries(app, st
     assert len(lookups) < rate * 2 or elapsed > 1
 
 
+async def test_concurrent_hits_for_an_uncached_site_share_one_lookup(app, stores, worker, tenant, monkeypatch):
+    import asyncio
+
+    from openanalytics.ingest import collect
+
+    lookups = []
+    real = collect.site_lookup
+    monkeypatch.setattr(collect, "site_lookup", lambda db, site_id: lookups.append(site_id) or real(db, site_id))
+    app.state.collector.sites.clear()
+    await asyncio.gather(*(send(app, tenant, ip=f"198.51.100.{n}") for n in range(20)))
+    assert lookups == [tenant.site_id]
+    assert len(await rows(stores, worker, tenant, "event_id")) == 20
+
+
+async def test_an_expired_site_answers_while_one_refresh_runs(app, stores, worker, tenant, monkeypatch):
+    import asyncio
+
+    from openanalytics.ingest import collect
+    from openanalytics.projects.models import Project
+
+    collector = app.state.collector
+    collector.sites.clear()
+    await send(app, tenant)
+    with stores.db.session() as session:
+        session.get(Project, tenant.id).active = False  # deactivated behind the cache's back
+    lookups = []
+    real = collect.site_lookup
+    monkeypatch.setattr(collect, "site_lookup", lambda db, site_id: lookups.append(site_id) or real(db, site_id))
+    monkeypatch.setattr(collector.sites, "ttl", 0.01)
+    collector.sites.put(tenant.site_id, collector.sites.peek(tenant.site_id)[1])  # now with the short lifetime
+    time.sleep(0.02)
+    await send(app, tenant)  # the expired entry still answers; its refresh runs alongside
+    for _ in range(100):
+        if not collector._looking:
+            break
+        await asyncio.sleep(0.01)
+    assert lookups == [tenant.site_id]
+    await send(app, tenant)  # the refreshed entry: the project is gone
+    with stores.db.session() as session:
+        session.get(Project, tenant.id).active = True  # so the worker stores what was accepted
+    assert len(await rows(stores, worker, tenant, "event_id")) == 2
+
+
 # -- visitors and sessions over time ------------------------------------------------
 
 

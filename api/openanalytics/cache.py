@@ -23,6 +23,13 @@ class TTLCache(Generic[K, V]):
             return False, None
         return True, hit[1]
 
+    def peek(self, key: K) -> tuple[bool, V | None, bool]:
+        """(found, value, fresh): unlike get, an entry past its lifetime is still handed out."""
+        hit = self._items.get(key)
+        if hit is None:
+            return False, None, False
+        return True, hit[1], hit[0] >= time.monotonic()
+
     def put(self, key: K, value: V, generation: int | None = None) -> None:
         if self.ttl <= 0 or (generation is not None and generation != self.generation):
             return

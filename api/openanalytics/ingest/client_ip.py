@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from functools import lru_cache
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -20,10 +21,12 @@ def _trusted(ip: str, networks: tuple[Network, ...]) -> bool:
     return any(addr in net for net in networks)
 
 
+@lru_cache(maxsize=8192)
 def client_ip(peer: str, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str:
     """Walk X-Forwarded-For from the right past trusted proxies; the first other hop is the client.
 
-    Headers from untrusted peers are ignored, so a browser cannot choose its own IP.
+    Headers from untrusted peers are ignored, so a browser cannot choose its own IP. Cached:
+    parsing addresses costs more than the rest of a hit's network handling.
     """
     if not forwarded_for or not _trusted(peer, trusted):
         return peer

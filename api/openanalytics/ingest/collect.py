@@ -9,12 +9,13 @@ site every outcome is kept for Verify Installation.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import re
-import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
@@ -28,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openanalytics.auth.ratelimit import WINDOW_MS, client_tag
 from openanalytics.cache import TTLCache
-from openanalytics.ingest.commit import Committer, pack
+from openanalytics.ingest import commit
 from openanalytics.ingest.client_ip import client_ip, parse_networks
 from openanalytics.ingest.geo import Geo
 from openanalytics.ingest.referrer import source_for
@@ -52,6 +53,7 @@ SITE_ID = re.compile(r"^site_[0-9a-f]{16}$")
 MAX_USER_AGENT = 512  # longer ones are cut before parsing and hashing (no browser sends more)
 MAX_URL = 2048
 _FAILURE_LOG_EVERY = 10.0
+_random = random.Random()
 SITE_LOOKUPS_PER_SECOND = 200  # per process: site ids not in the cache, looked up in the database
 
 
@@ -122,21 +124,24 @@ class CollectIn(EventIn):
     language: str | None = Field(default=None, max_length=35)
 
 
-@dataclass
 class Hit:
     """One request to /collect, normalised."""
 
-    ip: str
-    user_agent: str
-    accept_language: str
-    received: datetime
-    visitors: dict[str, tuple[int, int | None]] = field(default_factory=dict)  # per project
-    budget_tag: str | None = None  # names the client's per-IP budget in Redis
+    __slots__ = ("ip", "user_agent", "accept_language", "received", "received_ms", "day", "received_iso",
+                 "salt", "previous_salt", "visitors", "budget_tag")
 
-    def __post_init__(self) -> None:
-        self.received_ms = int(self.received.timestamp() * 1000)
+    def __init__(self, ip: str, user_agent: str, accept_language: str, received: datetime):
+        self.ip = ip
+        self.user_agent = user_agent
+        self.accept_language = accept_language
+        self.received = received
+        self.received_ms = int(received.timestamp() * 1000)
         second, self.day = _second_and_day(self.received_ms // 1000)
         self.received_iso = f"{second}.{self.received_ms % 1000:03d}Z"
+        self.salt = b""  # the day's; and yesterday's just after midnight (a session may go on)
+        self.previous_salt: bytes | None = None
+        self.visitors: dict[str, tuple[int, int | None]] = {}  # per project
+        self.budget_tag = ""  # names the client's per-IP budget in Redis
 
 
 @lru_cache(maxsize=4)
@@ -146,15 +151,34 @@ def _second_and_day(epoch_second: int) -> tuple[str, str]:
     return moment.strftime("%Y-%m-%dT%H:%M:%S"), day_of(moment)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class Site:
+    """What /collect needs of a project, detached from the database session."""
+
+    project_id: str
+    domains: tuple[str, ...]
+    per_ip_per_minute: int
+    per_site_per_minute: int
+
+    @classmethod
+    def of(cls, project: Project | None) -> Site | None:
+        if project is None:
+            return None
+        return cls(project.id, tuple(project.domains or ()), project.collect_per_ip_per_minute,
+                   project.collect_per_site_per_minute)
+
+
 class Event:
     """One event of a hit, as the steps fill it in."""
 
-    item: dict[str, Any]
-    body: CollectIn | None = None
-    project: Project | None = None
-    row: dict[str, Any] = field(default_factory=dict)
-    visitors: tuple[int, int | None] = (0, None)
+    __slots__ = ("item", "site", "body", "row", "visitors")
+
+    def __init__(self, item: dict[str, Any], site: Site | None):
+        self.item = item
+        self.site = site
+        self.body: CollectIn | None = None
+        self.row: dict[str, Any] = {}
+        self.visitors: tuple[int, int | None] = (0, None)
 
 
 def parse_items(body: bytes, max_batch: int) -> list[dict[str, Any]]:
@@ -169,10 +193,25 @@ def parse_items(body: bytes, max_batch: int) -> list[dict[str, Any]]:
     return items
 
 
-def domain_allowed(hostname: str, domains: list[str]) -> bool:
+def domain_allowed(hostname: str, domains: tuple[str, ...]) -> bool:
     if not domains:
         return True
     return any(hostname == d or hostname.endswith("." + d) for d in domains)
+
+
+def _fresh_session() -> int:
+    """A new session's id, used when the visitor has none going (an id, not a secret)."""
+    return _random.getrandbits(62) or 1
+
+
+def _seen(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _site_id(item: dict[str, Any]) -> str | None:
+    site_id = item.get("site_id")
+    return site_id if isinstance(site_id, str) and SITE_ID.match(site_id) else None
 
 
 class Collector:
@@ -181,12 +220,14 @@ class Collector:
         self.settings = stores.settings
         self.geo = geo
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.sites: TTLCache[str, Project | None] = TTLCache(self.settings.cache_ttl_seconds)
+        self.sites: TTLCache[str, Site | None] = TTLCache(self.settings.cache_ttl_seconds)
         self._lookups = TokenBucket(SITE_LOOKUPS_PER_SECOND)
+        self._looking: dict[str, asyncio.Future] = {}  # site id -> its one lookup in flight
         self.salts = Salts(stores.redis)
-        self.committer = Committer(stores.redis, self.settings.stream_key, WINDOW_MS, int(SESSION_IDLE.total_seconds() * 1000))
+        self.committer = commit.Committer(stores.redis, self.settings.stream_key, WINDOW_MS, int(SESSION_IDLE.total_seconds() * 1000))
         self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
-        # Budgets, the session and storing happen last, in Redis, for a batch of hits (commit.py).
+        # The site and the salts are looked up (async) before the steps run; the budgets, the session
+        # and storing happen last, in Redis, for a batch of hits (commit.py).
         self.steps = [
             self.find_project,
             self.validate,
@@ -198,118 +239,137 @@ class Collector:
             self.put_visitor,
         ]
 
+    # -- lookups before the steps -----------------------------------------------
+
+    async def site(self, site_id: str) -> Site | None:
+        """The cached site; past its lifetime it keeps answering while one refresh runs."""
+        found, site, fresh = self.sites.peek(site_id)
+        if found and fresh:
+            return site
+        if site_id not in self._looking and self._lookups.take():
+            # Random site ids must not turn into a flood of database queries: a bucket bounds them.
+            self._looking[site_id] = task = asyncio.ensure_future(self._lookup(site_id))
+            task.add_done_callback(_seen)  # a failed refresh nobody awaits is not an unhandled error
+        pending = self._looking.get(site_id)
+        if found or pending is None:
+            return site
+        return await asyncio.shield(pending)  # every request for it shares the one lookup
+
+    async def _lookup(self, site_id: str) -> Site | None:
+        try:
+            generation = self.sites.generation
+            site = Site.of(await run_in_threadpool(site_lookup, self.stores.db, site_id))
+            self.sites.put(site_id, site, generation)
+            return site
+        finally:
+            del self._looking[site_id]
+
+    async def load_salts(self, hit: Hit) -> None:
+        hit.salt = await self.salts.for_day(hit.day)
+        if hit.received_ms % 86_400_000 <= SESSION_IDLE.total_seconds() * 1000:
+            hit.previous_salt = await self.salts.for_day(day_of(hit.received - timedelta(days=1)))
+        hit.budget_tag = client_tag(hit.ip, hit.salt)
+
     # -- steps, in order ------------------------------------------------------
 
-    async def find_project(self, hit: Hit, event: Event) -> None:
-        site_id = event.item.get("site_id")
-        if not isinstance(site_id, str) or not SITE_ID.match(site_id):
+    def find_project(self, hit: Hit, event: Event) -> None:
+        if event.site is None:
             raise Dropped(DropReason.unknown_site)
-        found, project = self.sites.get(site_id)
-        if not found:
-            if not self._lookups.take():
-                # Random site ids must not turn into a flood of database queries.
-                raise Dropped(DropReason.unknown_site)
-            generation = self.sites.generation
-            project = await run_in_threadpool(site_lookup, self.stores.db, site_id)
-            self.sites.put(site_id, project, generation)
-        if project is None:
-            raise Dropped(DropReason.unknown_site)
-        event.project = project
 
-    async def validate(self, hit: Hit, event: Event) -> None:
+    def validate(self, hit: Hit, event: Event) -> None:
         try:
-            event.body = CollectIn.model_validate(event.item)
+            event.body = body = CollectIn.model_validate(event.item)
         except ValidationError:
             raise Dropped(DropReason.invalid) from None
-        event.body.timestamp = None  # received time
-        event.row = event_row(event.project.id, event.body, hit.received_ms, "collect")
-        for name in ("screen_width", "language"):
-            if getattr(event.body, name) is not None:
-                event.row[name] = getattr(event.body, name)
+        event.row = row = event_row(event.site.project_id, body, hit.received_ms, "collect")
+        row["timestamp"] = hit.received_ms  # not the browser's clock
+        if body.screen_width is not None:
+            row["screen_width"] = body.screen_width
+        if body.language is not None:
+            row["language"] = body.language
 
-    async def check_domain(self, hit: Hit, event: Event) -> None:
-        if not domain_allowed(event.row.get("hostname", ""), event.project.domains):
+    def check_domain(self, hit: Hit, event: Event) -> None:
+        if not domain_allowed(event.row.get("hostname", ""), event.site.domains):
             raise Dropped(DropReason.disallowed_domain)
 
-    async def drop_bots(self, hit: Hit, event: Event) -> None:
+    def drop_bots(self, hit: Hit, event: Event) -> None:
         if parse_agent(hit.user_agent).bot:
             raise Dropped(DropReason.bot)
 
-    async def put_location(self, hit: Hit, event: Event) -> None:
+    def put_location(self, hit: Hit, event: Event) -> None:
         place = self.geo.lookup(hit.ip)  # the full IP, here only
         event.row.update(country=place.country, region=place.region, city=place.city)
 
-    async def put_user_agent(self, hit: Hit, event: Event) -> None:
+    def put_user_agent(self, hit: Hit, event: Event) -> None:
         agent = parse_agent(hit.user_agent)
         event.row.update(
             browser=agent.browser, browser_version=agent.browser_version,
             os=agent.os, os_version=agent.os_version, device=agent.device,
         )
 
-    async def put_source(self, hit: Hit, event: Event) -> None:
-        referrer, source = source_for(event.body.referrer, event.row.get("hostname", ""))
-        event.row.update(referrer=referrer, referrer_source=source)
+    def put_source(self, hit: Hit, event: Event) -> None:
+        event.row["referrer"], event.row["referrer_source"] = source_for(event.body.referrer, event.row.get("hostname", ""))
 
-    async def put_visitor(self, hit: Hit, event: Event) -> None:
+    def put_visitor(self, hit: Hit, event: Event) -> None:
         """Today's visitor and, just after midnight, yesterday's (its session may continue)."""
-        project_id = event.project.id
-        if project_id not in hit.visitors:
+        project_id = event.site.project_id
+        visitors = hit.visitors.get(project_id)
+        if visitors is None:
             anon = anonymise_ip(hit.ip)
-
-            async def visitor_on(day: str) -> int:
-                salt = await self.salts.for_day(day)
-                return visitor_hash(salt, project_id, hit.user_agent, hit.accept_language, anon)
-
-            since_midnight_ms = hit.received_ms % 86_400_000
             previous = None
-            if since_midnight_ms <= SESSION_IDLE.total_seconds() * 1000:
-                previous = await visitor_on(day_of(hit.received - timedelta(days=1)))
-            hit.visitors[project_id] = (await visitor_on(hit.day), previous)
-            if hit.budget_tag is None:
-                hit.budget_tag = client_tag(hit.ip, await self.salts.for_day(hit.day))
-        event.visitors = hit.visitors[project_id]
+            if hit.previous_salt is not None:
+                previous = visitor_hash(hit.previous_salt, project_id, hit.user_agent, hit.accept_language, anon)
+            today = visitor_hash(hit.salt, project_id, hit.user_agent, hit.accept_language, anon)
+            hit.visitors[project_id] = visitors = (today, previous)
+        event.visitors = visitors
 
     # -- the request ------------------------------------------------------------
 
-    def script_fields(self, hit: Hit, event: Event, reason: str | None) -> bytes:
+    def script_fields(self, hit: Hit, event: Event, reason: str | None) -> list:
         """The hit as the commit script takes it (see commit.py)."""
         item = event.item
-        url = item.get("url") if isinstance(item.get("url"), str) else ""
+        url = item.get("url")
+        event_type, event_name = item.get("event_type"), item.get("event_name")
         arrival = orjson.dumps({
             "received_at": hit.received_iso,
-            "event_type": item.get("event_type") if isinstance(item.get("event_type"), str) else "pageview",
-            "event_name": item.get("event_name") if isinstance(item.get("event_name"), str) else None,
-            "url": url[:500],
-        })[:-1]
-        project = event.project
-        day = hit.day
+            "event_type": event_type if isinstance(event_type, str) else "pageview",
+            "event_name": event_name if isinstance(event_name, str) else None,
+            "url": url[:500] if isinstance(url, str) else "",
+        })[:-1].decode()
+        site = event.site
         if reason is not None:
-            return pack("D", project.id, "", 0, 0, "", "", "", "", arrival, "", reason, hit.received_ms, day)
-        row = orjson.dumps(event.row)[:-1]
-        visitor, previous = event.visitors
-        return pack(
-            "E", project.id, hit.budget_tag, project.collect_per_ip_per_minute, project.collect_per_site_per_minute,
-            visitor, previous or "", secrets.randbits(62) or 1, row, arrival, event.row["event_id"], "",
-            hit.received_ms, day,
+            return commit.dropped(site.project_id, arrival, reason, hit.received_ms, hit.day)
+        return commit.accepted(
+            site.project_id, hit.budget_tag, site.per_ip_per_minute, site.per_site_per_minute, *event.visitors,
+            _fresh_session(), orjson.dumps(event.row)[:-1].decode(), arrival, event.row["event_id"],
+            hit.received_ms, hit.day,
         )
 
     async def handle(self, body: bytes, peer: str, headers: dict[str, str]) -> list[str]:
         """Run the steps over every event of one request and store what passes. Returns the outcomes."""
-        received = self.clock()
+        items = parse_items(body, self.settings.collect_max_batch)
+        sites: dict[str | None, Site | None] = {None: None}
+        for item in items:
+            site_id = _site_id(item)
+            if site_id not in sites:
+                sites[site_id] = await self.site(site_id)
+        if not any(sites.values()):
+            return []  # nothing to attribute to a site
         hit = Hit(
             ip=client_ip(peer, headers.get("x-forwarded-for"), self.trusted_proxies),
             user_agent=headers.get("user-agent", "")[:MAX_USER_AGENT],
             accept_language=headers.get("accept-language", ""),
-            received=received,
+            received=self.clock(),
         )
+        await self.load_salts(hit)
         fields = []
-        for item in parse_items(body, self.settings.collect_max_batch):
-            event = Event(item)
+        for item in items:
+            event = Event(item, sites[_site_id(item)])
             try:
                 for step in self.steps:
-                    await step(hit, event)
+                    step(hit, event)
             except Dropped as dropped:
-                if event.project is not None:  # else nothing to attribute it to
+                if event.site is not None:  # else nothing to attribute it to
                     fields.append(self.script_fields(hit, event, dropped.reason.value))
                 continue
             fields.append(self.script_fields(hit, event, None))
