@@ -1,0 +1,72 @@
+"""The date range of a query: inclusive dates read in an IANA timezone, checked against retention."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fastapi import Query
+
+from openanalytics.errors import BadRequest
+
+DateFrom = Annotated[date, Query(alias="from", description="First day, YYYY-MM-DD (in `timezone`).", examples=["2026-05-01"])]
+DateTo = Annotated[date, Query(alias="to", description="Last day, YYYY-MM-DD (in `timezone`), inclusive.", examples=["2026-05-12"])]
+Timezone = Annotated[str, Query(max_length=64, description="IANA timezone the dates and time buckets are read in.", examples=["Europe/Amsterdam"])]
+
+
+@dataclass(frozen=True)
+class Window:
+    first: date
+    last: date
+    timezone: str
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def start(self) -> datetime:
+        return datetime.combine(self.first, time.min, self.zone).astimezone(UTC)
+
+    @property
+    def end(self) -> datetime:
+        return datetime.combine(self.last + timedelta(days=1), time.min, self.zone).astimezone(UTC)
+
+    @property
+    def days(self) -> int:
+        return (self.last - self.first).days + 1
+
+    def params(self) -> dict:
+        return {"start": self.start, "end": self.end, "tz": self.timezone}
+
+    def previous(self) -> Window:
+        """The period of the same length just before this one."""
+        return Window(self.first - timedelta(days=self.days), self.first - timedelta(days=1), self.timezone)
+
+
+def zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise BadRequest(f"unknown timezone {name!r}: use an IANA name such as Europe/Amsterdam or UTC",
+                         "invalid_timezone") from None
+    return name
+
+
+def window(first: date, last: date, timezone: str, retention_days: int) -> Window:
+    """A checked range: not reversed, not in the future, not older than the retention keeps."""
+    tz = zone(timezone)
+    if first > last:
+        raise BadRequest("from must not be after to", "invalid_range")
+    today = datetime.now(ZoneInfo(tz)).date()
+    if last > today + timedelta(days=1):
+        raise BadRequest("to must not be more than a day after today", "invalid_range")
+    oldest = today - timedelta(days=retention_days)
+    if first < oldest:
+        raise BadRequest(
+            f"from is beyond this project's retention of {retention_days} days (oldest: {oldest.isoformat()})",
+            "range_beyond_retention",
+        )
+    return Window(first, last, tz)

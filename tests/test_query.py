@@ -1,0 +1,251 @@
+"""Stats, timeseries, breakdown and pageviews on a small hand-made data set with hand-computed answers.
+
+The data (day D is two days ago, UTC; C's visit is the evening before):
+
+    visitor 1, session 11: 10:00 pageview /        (Google, NL, Chrome, desktop)
+                           10:01 pageview /pricing (NL)
+                           10:03 conversion signup on /pricing, 10.50 EUR (NL)
+    visitor 2, session 21: 11:00 pageview /pricing (DE, Firefox, mobile)              -> a bounce
+    visitor 2, session 22: 15:00 pageview /        (Twitter, DE)
+                           15:00:30 event click on /, property button=buy (DE)
+    server, no session:    12:00 event invoice (no visitor); 13:00 conversion renewal, 5 USD (visitor 9)
+    visitor 3, session 31: D-1 23:30 pageview /blog (Twitter, NL)                       -> a bounce
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+
+from openanalytics.projects.models import Project
+from openanalytics.provisioning.events_schema import database_name
+from openanalytics.provisioning.projects import provision_project
+from openanalytics.worker.flush import COLUMNS, to_columns
+from tests.helpers import assert_error
+
+D = datetime.now(UTC).date() - timedelta(days=2)
+DAY = D.isoformat()
+BEFORE = (D - timedelta(days=1)).isoformat()
+
+
+def at(hour: int, minute: int = 0, second: int = 0, day=D) -> int:
+    return int(datetime.combine(day, time(hour, minute, second), UTC).timestamp() * 1000)
+
+
+def event(ms: int, event_type: str = "pageview", **fields) -> dict:
+    return {"event_id": str(uuid.uuid4()), "event_type": event_type, "timestamp": ms, "received_at": ms,
+            "origin": "collect" if fields.get("session_id") else "server", **fields}
+
+
+A = {"visitor_id": 1, "session_id": 11, "country": "NL", "browser": "Chrome", "device": "desktop", "hostname": "shop.example"}
+B21 = {"visitor_id": 2, "session_id": 21, "country": "DE", "browser": "Firefox", "device": "mobile", "hostname": "shop.example"}
+B22 = {**B21, "session_id": 22}
+C = {"visitor_id": 3, "session_id": 31, "country": "NL", "browser": "Chrome", "device": "desktop", "hostname": "shop.example"}
+EVENTS = [
+    event(at(10), path="/", referrer="https://www.google.com/", referrer_source="Google", **A),
+    event(at(10, 1), path="/pricing", **A),
+    event(at(10, 3), "conversion", event_name="signup", path="/pricing", revenue="10.5", currency="EUR", **A),
+    event(at(11), path="/pricing", **B21),
+    event(at(15), path="/", referrer="https://t.co/x", referrer_source="Twitter", **B22),
+    event(at(15, 0, 30), "event", event_name="click", path="/", properties={"button": "buy"}, **B22),
+    event(at(12), "event", event_name="invoice"),
+    event(at(13), "conversion", event_name="renewal", revenue="5", currency="USD", visitor_id=9, user_id="u9"),
+    event(at(23, 30, day=D - timedelta(days=1)), path="/blog", referrer_source="Twitter", **C),
+]
+
+
+@pytest.fixture
+async def data(stores, tenant):
+    with stores.db.session() as session:
+        project = session.get(Project, tenant.id)
+        session.expunge(project)
+    await stores.events.run(provision_project, stores.db, stores.events, project)
+    await stores.events.run(stores.events.insert, database_name(tenant.id), "events",
+                            [to_columns(e) for e in EVENTS], COLUMNS, token=uuid.uuid4().hex)
+    return tenant
+
+
+async def get(client, tenant, endpoint: str, **params) -> dict:
+    response = await client.get(f"/v1/projects/{tenant.id}/{endpoint}", params=params, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+ALL_ON_D = {"visitors": 3, "pageviews": 4, "sessions": 3, "bounce_rate": 0.3333, "session_duration": 70.0,
+            "pages_per_session": 1.33, "events": 8, "conversions": 2, "revenue": {"EUR": "10.5000", "USD": "5.0000"}}
+
+
+async def test_stats_on_one_day(client, data):
+    body = await get(client, data, "stats", **{"from": DAY, "to": DAY})
+    assert body["results"] == ALL_ON_D
+    assert body["comparison"] is None and body["timezone"] == "UTC" and body["filters"] == []
+
+
+async def test_stats_over_two_days_with_the_previous_period(client, data):
+    body = await get(client, data, "stats", **{"from": BEFORE, "to": DAY})
+    assert body["results"] == {"visitors": 4, "pageviews": 5, "sessions": 4, "bounce_rate": 0.5, "session_duration": 52.5,
+                               "pages_per_session": 1.25, "events": 9, "conversions": 2,
+                               "revenue": {"EUR": "10.5000", "USD": "5.0000"}}
+    body = await get(client, data, "stats", **{"from": DAY, "to": DAY, "compare": "previous_period"})
+    assert body["comparison"] == {"from": BEFORE, "to": BEFORE, "results": {
+        "visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 1.0, "session_duration": 0.0,
+        "pages_per_session": 1.0, "events": 1, "conversions": 0, "revenue": {}}}
+
+
+@pytest.mark.parametrize(("filters", "expected"), [
+    (["country==NL"], {"visitors": 1, "pageviews": 2, "sessions": 1, "bounce_rate": 0.0, "events": 3}),
+    (["country!=NL"], {"visitors": 2, "pageviews": 2, "sessions": 2, "bounce_rate": 0.5, "events": 5}),
+    (["path=@pric"], {"visitors": 2, "pageviews": 2, "sessions": 2, "bounce_rate": 0.5, "events": 3}),
+    (["path!@pric", "device==mobile"], {"visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 0.0, "events": 2}),
+    (["property:button==buy"], {"visitors": 1, "pageviews": 0, "sessions": 1, "bounce_rate": 0.0, "events": 1}),
+    (["event_name==renewal"], {"visitors": 1, "pageviews": 0, "sessions": 0, "bounce_rate": 0.0, "events": 1}),
+    (["entry_page==/pricing"], {"visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 1.0, "events": 1}),
+    (["exit_page==/"], {"visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 0.0, "events": 2}),
+    (["source==Google"], {"visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 0.0, "events": 1}),
+])
+async def test_filters_combine_on_stats(client, data, filters, expected):
+    body = await get(client, data, "stats", **{"from": DAY, "to": DAY, "filter": filters,
+                                               "metrics": ",".join(expected)})
+    assert body["results"] == expected
+    assert body["filters"] == filters
+
+
+async def test_session_metrics_describe_whole_sessions_a_filter_picks(client, data):
+    body = await get(client, data, "stats", **{"from": DAY, "to": DAY, "filter": "path==/pricing",
+                                               "metrics": "session_duration,pages_per_session"})
+    # sessions 11 (180 s, 2 pages) and 21 (0 s, 1 page), whole
+    assert body["results"] == {"session_duration": 90.0, "pages_per_session": 1.5}
+
+
+async def test_conversions_and_revenue_by_event_name(client, data):
+    body = await get(client, data, "breakdown", **{"from": DAY, "to": DAY, "dimension": "event_name",
+                                                   "metrics": "conversions,revenue", "filter": "event_type==conversion"})
+    assert body["results"] == [
+        {"event_name": "renewal", "conversions": 1, "revenue": {"USD": "5.0000"}},
+        {"event_name": "signup", "conversions": 1, "revenue": {"EUR": "10.5000"}},
+    ]
+
+
+async def test_breakdown_by_source(client, data):
+    body = await get(client, data, "breakdown", **{"from": DAY, "to": DAY, "dimension": "source",
+                                                   "metrics": "visitors,pageviews,sessions,bounce_rate"})
+    assert body["results"] == [
+        {"source": "", "visitors": 3, "pageviews": 2, "sessions": 3, "bounce_rate": 0.3333},
+        {"source": "Google", "visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 0.0},
+        {"source": "Twitter", "visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 0.0},
+    ]
+    assert body["next_offset"] is None
+
+
+async def test_breakdown_by_entry_page(client, data):
+    body = await get(client, data, "breakdown", **{"from": DAY, "to": DAY, "dimension": "entry_page",
+                                                   "metrics": "sessions,visitors,bounce_rate,pageviews,revenue"})
+    assert body["results"] == [
+        {"entry_page": "/", "sessions": 2, "visitors": 2, "bounce_rate": 0.0, "pageviews": 3, "revenue": {"EUR": "10.5000"}},
+        {"entry_page": "/pricing", "sessions": 1, "visitors": 1, "bounce_rate": 1.0, "pageviews": 1, "revenue": {}},
+    ]
+
+
+async def test_breakdown_pages(client, data):
+    params = {"from": DAY, "to": DAY, "dimension": "path", "metrics": "pageviews,visitors", "limit": 1}
+    first = await get(client, data, "breakdown", **params)
+    assert first["results"] == [{"path": "/", "pageviews": 2, "visitors": 2}]  # a tie with /pricing: by name
+    assert first["next_offset"] == 1
+    second = await get(client, data, "breakdown", **{**params, "offset": 1})
+    assert second["results"] == [{"path": "/pricing", "pageviews": 2, "visitors": 2}]
+    third = await get(client, data, "breakdown", **{**params, "offset": 2})
+    assert third["results"] == [{"path": "", "pageviews": 0, "visitors": 1}] and third["next_offset"] is None
+
+
+async def test_daily_timeseries_in_utc_and_in_amsterdam(client, data):
+    utc = await get(client, data, "timeseries", **{"from": BEFORE, "to": DAY})
+    assert utc["results"] == [{"bucket": BEFORE, "visitors": 1, "pageviews": 1},
+                              {"bucket": DAY, "visitors": 3, "pageviews": 4}]
+    # C's 23:30 UTC visit is past midnight in Amsterdam (UTC+1 in winter, +2 in summer)
+    local = await get(client, data, "timeseries", **{"from": BEFORE, "to": DAY, "timezone": "Europe/Amsterdam"})
+    assert local["results"] == [{"bucket": BEFORE, "visitors": 0, "pageviews": 0},
+                                {"bucket": DAY, "visitors": 4, "pageviews": 5}]
+
+
+async def test_hourly_timeseries_is_zero_filled(client, data):
+    body = await get(client, data, "timeseries", **{"from": DAY, "to": DAY, "interval": "hour",
+                                                     "metrics": "visitors,pageviews,events"})
+    assert len(body["results"]) == 24
+    busy = {row["bucket"]: {k: v for k, v in row.items() if k != "bucket"}
+            for row in body["results"] if row["events"]}
+    assert busy == {
+        f"{DAY}T10:00:00+0000": {"visitors": 1, "pageviews": 2, "events": 3},
+        f"{DAY}T11:00:00+0000": {"visitors": 1, "pageviews": 1, "events": 1},
+        f"{DAY}T12:00:00+0000": {"visitors": 0, "pageviews": 0, "events": 1},
+        f"{DAY}T13:00:00+0000": {"visitors": 1, "pageviews": 0, "events": 1},
+        f"{DAY}T15:00:00+0000": {"visitors": 1, "pageviews": 1, "events": 2},
+    }
+
+
+async def test_weekly_and_monthly_buckets(client, data):
+    weeks = await get(client, data, "timeseries", **{"from": BEFORE, "to": DAY, "interval": "week"})
+    mondays = sorted({(day - timedelta(days=day.weekday())).isoformat() for day in (D - timedelta(days=1), D)})
+    assert [row["bucket"] for row in weeks["results"]] == mondays
+    assert sum(row["pageviews"] for row in weeks["results"]) == 5
+    months = await get(client, data, "timeseries", **{"from": BEFORE, "to": DAY, "interval": "month"})
+    assert sum(row["visitors"] for row in months["results"]) == 4
+
+
+async def test_pageviews_grouped_by_any_dimension(client, data):
+    body = await get(client, data, "pageviews", **{"from": DAY, "to": DAY, "group_by": "country"})
+    assert body["totals"] == {"pageviews": 4, "visitors": 3, "events": 8}
+    assert body["results"] == [
+        {"country": "DE", "pageviews": 2, "visitors": 1, "events": 3},
+        {"country": "NL", "pageviews": 2, "visitors": 1, "events": 3},
+        {"country": "", "pageviews": 0, "visitors": 1, "events": 2},
+    ]
+    body = await get(client, data, "pageviews", **{"from": DAY, "to": DAY, "group_by": "hour", "filter": "browser==Chrome"})
+    assert [row["hour"] for row in body["results"] if row["pageviews"]] == [f"{DAY}T10:00:00+0000"]
+
+
+@pytest.mark.parametrize(("endpoint", "params", "code", "fragment"), [
+    ("stats", {"metrics": "visitors,dwell_time"}, "unknown_metric", "allowed: visitors, pageviews"),
+    ("breakdown", {"dimension": "ip"}, "unknown_dimension", "allowed: path, hostname"),
+    ("breakdown", {"dimension": "path", "filter": "user_agent==x"}, "unknown_dimension", "property:<key>"),
+    ("stats", {"filter": "country~NL"}, "invalid_filter", "=@"),
+    ("stats", {"timezone": "Mars/Olympus"}, "invalid_timezone", "IANA"),
+    ("stats", {"timezone": "../../etc/passwd"}, "invalid_timezone", "IANA"),
+    ("timeseries", {"interval": "fortnight"}, "validation_error", "interval"),
+    ("pageviews", {"group_by": "visitors"}, "unknown_dimension", "hour, day, week, month"),
+])
+async def test_nonsense_is_a_clear_400(client, tenant, endpoint, params, code, fragment):
+    params = {"from": DAY, "to": DAY, **params}
+    response = await client.get(f"/v1/projects/{tenant.id}/{endpoint}", params=params, headers=tenant.headers)
+    assert fragment in assert_error(response, 400, code)["message"]
+
+
+HOSTILE = ["' OR 1=1 --", "x') UNION ALL SELECT * FROM system.tables --", "{start:String}", "\\'; DROP TABLE events; --",
+           "a\u0000b", "%' OR '%'='"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+async def test_hostile_filter_values_match_nothing(client, data, value):
+    for name in ("path", "country", "entry_page", "property:button"):
+        for op in ("==", "=@"):
+            body = await get(client, data, "stats", **{"from": DAY, "to": DAY, "metrics": "events",
+                                                       "filter": f"{name}{op}{value}"})
+            assert body["results"] == {"events": 0}, (name, op)
+
+
+def test_values_never_change_the_shape_of_the_sql():
+    from openanalytics.query.aggregate import Aggregate
+    from openanalytics.query.filters import parse
+    from openanalytics.query.window import Window
+
+    span = Window(D, D, "UTC")
+
+    def shape(value: str, key: str = "k") -> tuple[str, ...]:
+        texts = [f"path=={value}", f"entry_page!@{value}", f"property:{key}=@{value}"]
+        aggregate = Aggregate("oa_prj_0000000000000000.events", span, parse(texts), ["visitors", "revenue"], "path")
+        return aggregate.sql(10, 0)[0], aggregate.revenue_sql()[0]
+
+    benign = shape("/pricing")
+    for value in HOSTILE:
+        assert shape(value, key=value.replace("=", "").replace("!", "").replace("@", "") or "k") == benign
