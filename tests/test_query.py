@@ -205,6 +205,40 @@ async def test_pageviews_grouped_by_any_dimension(client, data):
     assert [row["hour"] for row in body["results"] if row["pageviews"]] == [f"{DAY}T10:00:00+0000"]
 
 
+async def test_events_list_newest_first_with_filters_and_pages(client, data):
+    body = await get(client, data, "events", **{"from": BEFORE, "to": DAY, "limit": 4})
+    assert [e["path"] for e in body["results"]] == ["/", "/", "", ""]  # 15:00:30, 15:00, 13:00, 12:00
+    assert body["next_offset"] == 4
+    rest = await get(client, data, "events", **{"from": BEFORE, "to": DAY, "limit": 4, "offset": 4})
+    assert [e["timestamp"] for e in rest["results"]] == sorted((e["timestamp"] for e in rest["results"]), reverse=True)
+    assert len(rest["results"]) == 4 and rest["next_offset"] == 8
+    click = body["results"][0]
+    assert click["event_name"] == "click" and click["properties"] == {"button": "buy"}
+    assert click["session_id"] == "22" and click["visitor_id"] == "2" and click["timestamp"].endswith("Z")
+    assert not {"ip", "user_agent", "ua"} & set(click)
+    conversions = await get(client, data, "events", **{"from": DAY, "to": DAY, "event_type": "conversion"})
+    assert {(e["event_name"], e["revenue"], e["currency"]) for e in conversions["results"]} == {
+        ("signup", "10.5000", "EUR"), ("renewal", "5.0000", "USD")}
+    named = await get(client, data, "events", **{"from": DAY, "to": DAY, "event_name": "signup", "filter": "country==NL"})
+    assert [e["event_name"] for e in named["results"]] == ["signup"]
+
+
+async def test_sessions_list_and_totals(client, data):
+    body = await get(client, data, "sessions", **{"from": BEFORE, "to": DAY})
+    assert body["totals"] == {"sessions": 4, "visitors": 3, "pageviews": 5, "bounce_rate": 0.5,
+                              "session_duration": 52.5, "pages_per_session": 1.25}
+    rows = {row["session_id"]: row for row in body["results"]}
+    assert list(rows) == ["22", "21", "11", "31"]  # newest first
+    assert {k: rows["11"][k] for k in ("visitor_id", "duration", "pageviews", "events", "entry_page", "exit_page",
+                                       "source", "country", "device", "browser")} == {
+        "visitor_id": "1", "duration": 180.0, "pageviews": 2, "events": 3, "entry_page": "/",
+        "exit_page": "/pricing", "source": "Google", "country": "NL", "device": "desktop", "browser": "Chrome"}
+    assert rows["22"]["duration"] == 30.0 and rows["22"]["source"] == "Twitter"
+    picked = await get(client, data, "sessions", **{"from": BEFORE, "to": DAY, "filter": "path==/pricing", "limit": 1})
+    assert [row["session_id"] for row in picked["results"]] == ["21"] and picked["next_offset"] == 1
+    assert picked["totals"]["sessions"] == 2
+
+
 @pytest.mark.parametrize(("endpoint", "params", "code", "fragment"), [
     ("stats", {"metrics": "visitors,dwell_time"}, "unknown_metric", "allowed: visitors, pageviews"),
     ("breakdown", {"dimension": "ip"}, "unknown_dimension", "allowed: path, hostname"),

@@ -20,6 +20,8 @@ ROUTES = {
     ("GET", "/v1/projects/{project_id}"): (Scope.projects_read, {}),
     ("POST", "/v1/projects/{project_id}/events"): (Scope.events_write, {"json": {"event_type": "pageview"}}),
     ("GET", "/v1/projects/{project_id}/pageviews"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
+    ("GET", "/v1/projects/{project_id}/events"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
+    ("GET", "/v1/projects/{project_id}/sessions"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
     ("GET", "/v1/projects/{project_id}/stats"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
     ("GET", "/v1/projects/{project_id}/timeseries"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
     ("GET", "/v1/projects/{project_id}/breakdown"): (

@@ -43,6 +43,7 @@ class Aggregate:
     filters: list[Filter] = field(default_factory=list)
     metrics: list[str] = field(default_factory=list)
     group: str | None = None  # a dimension or a bucket; None for totals
+    sessions_only: bool = False  # leave out events outside browser sessions
 
     def _parts(self) -> tuple[str, str, dict[str, Any]]:
         """(the matching events' WHERE, the sessions subquery, parameters)."""
@@ -54,6 +55,8 @@ class Aggregate:
             "toUInt64(dateDiff('millisecond', min(timestamp), max(timestamp))) AS duration_ms "
             f"FROM {self.table} WHERE {RANGE_SQL} AND session_id != 0 GROUP BY sid"
         )
+        if self.sessions_only:
+            conditions += " AND session_id != 0"
         return f"{RANGE_SQL} AND {conditions}", sessions, {**self.window.params(), **params}
 
     def _event_key(self) -> str:
