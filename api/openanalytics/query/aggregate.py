@@ -1,11 +1,17 @@
 """Metrics over the events of a window, totalled or grouped by one dimension or time bucket.
 
-Two levels, in one statement: the matching events are first summed per (group, session,
-visitor); those parts are then summed per group. Session metrics (bounce rate, duration,
-pages per session) describe the whole sessions those parts belong to, read over all of
-the session's events in the window, so a filter picks sessions without cutting them short.
-Events without a session (server-side events) count for visitors, pageviews, events and
-conversions, never as sessions.
+Session metrics (bounce rate, duration, pages per session) describe the whole sessions that
+have a matching event, read over all of the session's events in the window, so a filter
+picks sessions without cutting them short. Events without a session (server-side events)
+count for visitors, pageviews, events, conversions and revenue, never as sessions.
+
+One statement per query, in the cheapest of three shapes that answers it:
+
+- flat: no session metric and no session dimension; one GROUP BY over the events.
+- per session: totals or a session dimension (entry/exit page); events are grouped per
+  session (with the filters as conditions inside the aggregates), then summed.
+- joined: an event dimension or time bucket with session metrics; the matching events
+  are summed per (group, session) and joined to the sessions' whole numbers.
 """
 
 from __future__ import annotations
@@ -20,16 +26,25 @@ from openanalytics.query.window import Window
 
 RANGE_SQL = "timestamp >= {start:DateTime64(3, 'UTC')} AND timestamp < {end:DateTime64(3, 'UTC')}"
 
-# Outer columns, in the order the statement selects them.
-_TOTALS = (
-    "uniqExactIf(visitor, visitor != 0) AS visitors, sum(pv) AS pageviews, sum(n) AS events, "
-    "sum(conv) AS conversions, countIf(seg.sid != 0) AS sessions, sumIf(bounced, seg.sid != 0) AS bounces, "
-    "sumIf(duration_ms, seg.sid != 0) AS duration_total, sumIf(session_pv, seg.sid != 0) AS session_pv_total"
+PAGEVIEW, CONVERSION = "event_type = 'pageview'", "event_type = 'conversion'"
+REVENUE = "[toString(currency)], [assumeNotNull(revenue)]"
+_REVENUE_PARTS = "rev.1 AS rev_currency, rev.2 AS rev_amount"
+# Whole-session numbers, per (session, visitor) over all its events in the window.
+SESSION_COLUMNS = (
+    f"countIf({PAGEVIEW}) AS session_pv, toUInt8(countIf({PAGEVIEW}) = 1 AND count() = 1) AS bounced, "
+    "toUInt64(dateDiff('millisecond', min(timestamp), max(timestamp))) AS duration_ms"
 )
-_NO_SESSIONS = "toUInt8(0) AS bounced, toUInt64(0) AS duration_ms, toUInt64(0) AS session_pv"
+# The outer columns every shape selects, in this order (see `values`).
+OUTER = (
+    "uniqExactIf(visitor, visitor != 0) AS visitors, sum(pv) AS pageviews, sum(n) AS events, "
+    "sum(conv) AS conversions, countIf(sid != 0) AS sessions, sumIf(bounced, sid != 0) AS bounces, "
+    "sumIf(duration_ms, sid != 0) AS duration_total, sumIf(session_pv, sid != 0) AS session_pv_total, "
+    "sumMap(rev_currency, rev_amount) AS revenue"
+)
 _ORDER = {
     "visitors": "visitors", "pageviews": "pageviews", "sessions": "sessions", "events": "events",
-    "conversions": "conversions", "revenue": "conversions",
+    "conversions": "conversions",
+    "revenue": "arraySum(revenue.2)",  # amounts summed across currencies: an order, not a total
     "bounce_rate": "if(sessions = 0, 0, bounces / sessions)",
     "session_duration": "if(sessions = 0, 0, duration_total / sessions)",
     "pages_per_session": "if(sessions = 0, 0, session_pv_total / sessions)",
@@ -45,79 +60,69 @@ class Aggregate:
     group: str | None = None  # a dimension or a bucket; None for totals
     sessions_only: bool = False  # leave out events outside browser sessions
 
-    def _parts(self) -> tuple[str, str, dict[str, Any]]:
-        """(the matching events' WHERE, the sessions subquery, parameters)."""
-        conditions, params = where(self.filters, self.table, RANGE_SQL)
-        sessions = (
-            f"SELECT session_id AS sid, {SESSION_DIMENSIONS['entry_page']} AS entry_page, "
-            f"{SESSION_DIMENSIONS['exit_page']} AS exit_page, countIf(event_type = 'pageview') AS session_pv, "
-            "toUInt8(countIf(event_type = 'pageview') = 1 AND count() = 1) AS bounced, "
-            "toUInt64(dateDiff('millisecond', min(timestamp), max(timestamp))) AS duration_ms "
-            f"FROM {self.table} WHERE {RANGE_SQL} AND session_id != 0 GROUP BY sid"
-        )
-        if self.sessions_only:
-            conditions += " AND session_id != 0"
-        return f"{RANGE_SQL} AND {conditions}", sessions, {**self.window.params(), **params}
-
-    def _event_key(self) -> str:
-        if self.group is None or self.group in SESSION_DIMENSIONS:
+    def _key(self) -> str:
+        if self.group is None:
             return "''"
         return EVENT_DIMENSIONS.get(self.group) or BUCKETS[self.group]
 
+    def _shape(self) -> str:
+        if self.group in SESSION_DIMENSIONS:
+            return "per_session"
+        if not SESSION_METRICS & set(self.metrics):
+            return "flat"
+        return "per_session" if self.group is None else "joined"
+
     def sql(self, limit: int | None = None, offset: int = 0) -> tuple[str, dict[str, Any]]:
-        matching, sessions, params = self._parts()
-        by_session = self.group in SESSION_DIMENSIONS
-        segments = (
-            f"SELECT {self._event_key()} AS key, session_id AS sid, visitor_id AS visitor, "
-            "countIf(event_type = 'pageview') AS pv, count() AS n, countIf(event_type = 'conversion') AS conv "
-            f"FROM {self.table} WHERE {matching} GROUP BY key, sid, visitor"
-        )
-        if by_session or SESSION_METRICS & set(self.metrics):
-            source = f"({segments}) AS seg LEFT JOIN ({sessions}) AS s ON seg.sid = s.sid"
+        conditions, params = where(self.filters, self.table, RANGE_SQL)
+        if self.sessions_only:
+            conditions += " AND session_id != 0"
+        params.update(self.window.params())
+        table, shape = self.table, self._shape()
+        if shape == "flat":
+            source = (
+                f"(SELECT {self._key()} AS k, session_id AS sid, visitor_id AS visitor, toUInt8({PAGEVIEW}) AS pv, "
+                f"toUInt8(1) AS n, toUInt8({CONVERSION}) AS conv, toUInt8(0) AS bounced, toUInt64(0) AS duration_ms, "
+                "toUInt64(0) AS session_pv, if(revenue IS NULL, [], [toString(currency)]) AS rev_currency, "
+                f"if(revenue IS NULL, [], [assumeNotNull(revenue)]) AS rev_amount FROM {table} "
+                f"WHERE {RANGE_SQL} AND {conditions})"
+            )
+        elif shape == "per_session":
+            key = f"{SESSION_DIMENSIONS[self.group]} AS k" if self.group else "'' AS k"
+            source = (
+                f"(SELECT session_id AS sid, visitor_id AS visitor, {key}, countIf({PAGEVIEW} AND {conditions}) AS pv, "
+                f"countIf({conditions}) AS n, countIf({CONVERSION} AND {conditions}) AS conv, {SESSION_COLUMNS}, "
+                f"sumMapIf({REVENUE}, revenue IS NOT NULL AND {conditions}) AS rev, {_REVENUE_PARTS} "
+                f"FROM {table} WHERE {RANGE_SQL} GROUP BY sid, visitor HAVING n > 0)"
+            )
+            if self.group:
+                source += " WHERE sid != 0"
         else:
-            source = f"(SELECT *, {_NO_SESSIONS} FROM ({segments})) AS seg"
-        key = f"s.{self.group}" if by_session else "seg.key"
-        sql = f"SELECT {key} AS k, {_TOTALS} FROM {source}"
-        if by_session:
-            sql += " WHERE seg.sid != 0"
-        sql += " GROUP BY k"
+            source = (
+                f"(SELECT {self._key()} AS k, session_id AS sid, visitor_id AS visitor, countIf({PAGEVIEW}) AS pv, "
+                f"count() AS n, countIf({CONVERSION}) AS conv, sumMapIf({REVENUE}, revenue IS NOT NULL) AS rev, "
+                f"{_REVENUE_PARTS} FROM {table} WHERE {RANGE_SQL} AND {conditions} GROUP BY k, sid, visitor) AS seg "
+                f"LEFT JOIN (SELECT session_id AS sid, {SESSION_COLUMNS} FROM {table} "
+                f"WHERE {RANGE_SQL} AND session_id != 0 GROUP BY sid) AS s USING (sid)"
+            )
+        sql = f"SELECT k, {OUTER} FROM {source} GROUP BY k"
         if limit is not None:
             first = self.metrics[0] if self.metrics else "events"
             sql += f" ORDER BY {_ORDER[first]} DESC, events DESC, k LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}"
             params.update(limit=limit, offset=offset)
         return sql, params
 
-    def revenue_sql(self) -> tuple[str, dict[str, Any]]:
-        matching, sessions, params = self._parts()
-        if self.group in SESSION_DIMENSIONS:
-            sql = (
-                f"SELECT s.{self.group} AS k, e.currency, sum(e.revenue) FROM (SELECT session_id AS sid, currency, "
-                f"revenue FROM {self.table} WHERE {matching} AND revenue IS NOT NULL AND session_id != 0) AS e "
-                f"JOIN ({sessions}) AS s ON e.sid = s.sid GROUP BY k, e.currency"
-            )
-        else:
-            sql = (
-                f"SELECT {self._event_key()} AS k, currency, sum(revenue) FROM {self.table} "
-                f"WHERE {matching} AND revenue IS NOT NULL GROUP BY k, currency"
-            )
-        return sql, params
-
     async def run(self, store, limit: int | None = None, offset: int = 0) -> list[tuple[Any, dict[str, Any]]]:
         """[(group key, {metric: value})], in the statement's order."""
         rows = await store.run(store.rows, *self.sql(limit, offset))
-        revenue: dict[Any, dict[str, str]] = {}
-        if "revenue" in self.metrics:
-            for key, currency, amount in await store.run(store.rows, *self.revenue_sql()):
-                revenue.setdefault(key, {})[currency] = _money(amount)
-        return [(row[0], values(row[1:], self.metrics, revenue.get(row[0], {}))) for row in rows]
+        return [(row[0], values(row[1:], self.metrics)) for row in rows]
 
 
 def _money(amount: Decimal) -> str:
     return f"{Decimal(amount).quantize(Decimal('0.0001')):f}"
 
 
-def values(row: tuple, metrics: list[str], revenue: dict[str, str]) -> dict[str, Any]:
-    visitors, pageviews, events, conversions, sessions, bounces, duration_ms, session_pv = row
+def values(row: tuple, metrics: list[str]) -> dict[str, Any]:
+    visitors, pageviews, events, conversions, sessions, bounces, duration_ms, session_pv, revenue = row
     every = {
         "visitors": visitors,
         "pageviews": pageviews,
@@ -127,10 +132,10 @@ def values(row: tuple, metrics: list[str], revenue: dict[str, str]) -> dict[str,
         "pages_per_session": round(session_pv / sessions, 2) if sessions else 0.0,
         "events": events,
         "conversions": conversions,
-        "revenue": dict(sorted(revenue.items())),
+        "revenue": {currency: _money(amount) for currency, amount in sorted(zip(*revenue, strict=True))},
     }
     return {name: every[name] for name in metrics}
 
 
 def zero(metrics: list[str]) -> dict[str, Any]:
-    return values((0,) * 8, metrics, {})
+    return values((0,) * 8 + (([], []),), metrics)

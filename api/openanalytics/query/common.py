@@ -10,6 +10,7 @@ from fastapi import Query, Request
 from pydantic import BaseModel, Field
 
 from openanalytics.auth.dependencies import load_project, stores_of
+from openanalytics.errors import BadRequest
 from openanalytics.projects.models import Project
 from openanalytics.provisioning.events_schema import database_name
 from openanalytics.query import filters as filtering
@@ -60,6 +61,15 @@ async def scope(request: Request, project: Project, first: date, last: date, tim
 
 def events_store(request: Request):
     return stores_of(request).events
+
+
+MAX_HOURLY_DAYS = 31
+
+
+def check_buckets(interval: str | None, span: Window) -> None:
+    if interval == "hour" and span.days > MAX_HOURLY_DAYS:
+        raise BadRequest(f"hourly buckets cover at most {MAX_HOURLY_DAYS} days; use day, week or month",
+                         "invalid_range")
 
 
 def bucket_keys(interval: str, span: Window) -> list[str]:

@@ -69,9 +69,23 @@ class EventOut(BaseModel):
     currency: str
 
 
+_ECHO = {"project_id": "prj_3f9a1c0b7d2e4a65", "from": "2026-05-01", "to": "2026-05-12", "timezone": "UTC", "filters": []}
+_EVENT = {
+    "event_id": "0b9e3f5c-1d2a-4c8e-9f00-6a7b8c9d0e1f", "event_type": "conversion", "event_name": "purchase",
+    "timestamp": "2026-05-11T21:46:40Z", "received_at": "2026-05-11T21:46:41.120Z", "origin": "server",
+    "user_id": "sha256_hash_of_user_id", "visitor_id": "4611686018427387905", "session_id": "0",
+    "url": "https://example.com/thanks", "hostname": "example.com", "path": "/thanks", "referrer": "", "source": "",
+    "utm_source": "", "utm_medium": "", "utm_campaign": "", "utm_term": "", "utm_content": "", "country": "",
+    "region": "", "city": "", "device": "", "browser": "", "browser_version": "", "os": "", "os_version": "",
+    "screen_width": 0, "language": "", "properties": {"plan": "pro"}, "revenue": "49.9900", "currency": "USD",
+}
+
+
 class EventPage(QueryEcho):
     results: list[EventOut]
     next_offset: int | None
+
+    model_config = {"json_schema_extra": {"examples": [{**_ECHO, "results": [_EVENT], "next_offset": None}]}}
 
 
 class SessionOut(BaseModel):
@@ -95,6 +109,16 @@ class SessionPage(QueryEcho):
     totals: dict[str, Any] = Field(description="Over every matching session, not just this page.")
     results: list[SessionOut]
     next_offset: int | None
+
+    model_config = {"json_schema_extra": {"examples": [{
+        **_ECHO,
+        "totals": {"sessions": 702, "visitors": 611, "pageviews": 1520, "bounce_rate": 0.4231,
+                   "session_duration": 94.3, "pages_per_session": 2.17},
+        "results": [{"session_id": "5764607523034234881", "visitor_id": "2305843009213693953",
+                     "started": "2026-05-12T09:58:01.250Z", "ended": "2026-05-12T10:01:13.020Z", "duration": 191.77,
+                     "pageviews": 3, "events": 4, "entry_page": "/", "exit_page": "/pricing", "source": "Google",
+                     "country": "NL", "device": "desktop", "browser": "Chrome", "os": "Mac OS X"}],
+        "next_offset": 1}]}}
 
 
 def _matching_sessions(filters: list[Filter], table: str) -> tuple[str, dict]:

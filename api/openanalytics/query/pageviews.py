@@ -12,7 +12,7 @@ from openanalytics.auth.dependencies import StatsRead
 from openanalytics.openapi import error_responses
 from openanalytics.query import catalog
 from openanalytics.query.aggregate import Aggregate, zero
-from openanalytics.query.common import Limit, Offset, QueryEcho, bucket_keys, events_store, scope
+from openanalytics.query.common import Limit, Offset, QueryEcho, bucket_keys, check_buckets, events_store, scope
 from openanalytics.query.filters import Filters
 from openanalytics.query.window import DateFrom, DateTo, Timezone
 
@@ -84,6 +84,7 @@ async def get_pageviews(
     if group_by is not None:
         catalog.dimension(group_by, buckets=True)
     found = await scope(request, access.project, date_from, date_to, timezone, filters)
+    check_buckets(group_by, found.window)
     result = PageviewsResult(**found.echo(), group_by=group_by, totals=Counts(**zero(METRICS)), results=[])
     store = events_store(request)
     rows: list = []

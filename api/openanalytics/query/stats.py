@@ -12,7 +12,9 @@ from openanalytics.auth.dependencies import StatsRead
 from openanalytics.openapi import error_responses
 from openanalytics.query import catalog
 from openanalytics.query.aggregate import Aggregate, zero
-from openanalytics.query.common import Limit, MetricList, Offset, QueryEcho, bucket_keys, events_store, scope
+from openanalytics.query.common import (
+    Limit, MetricList, Offset, QueryEcho, bucket_keys, check_buckets, events_store, scope,
+)
 from openanalytics.query.filters import Filters
 from openanalytics.query.window import DateFrom, DateTo, Timezone
 
@@ -105,7 +107,8 @@ async def get_stats(
     "/v1/projects/{project_id}/timeseries",
     summary="Metrics per hour, day, week or month",
     description=("Every bucket of the range is listed, empty ones with zeros. Buckets are in `timezone`: "
-                 "days and weeks (starting Monday) and months as dates, hours as local times with their UTC offset. "
+                 "days and weeks (starting Monday) and months as dates, hours as local times with their UTC offset "
+                 "(at most 31 days of hours). A session with events in two buckets counts in both. "
                  + METRIC_VALUES),
     response_model=Series, response_model_by_alias=True,
     responses=error_responses(400, 401, 403, 404, 429),
@@ -116,6 +119,7 @@ async def get_timeseries(
     timezone: Timezone = "UTC", metrics: MetricList = None, filters: Filters = None,
 ) -> Series:
     found = await scope(request, access.project, date_from, date_to, timezone, filters)
+    check_buckets(interval, found.window)
     wanted = catalog.metrics(metrics, SERIES_DEFAULT)
     by_bucket: dict[str, dict[str, Any]] = {}
     if found.table is not None:
