@@ -336,6 +336,47 @@ async def test_different_days_are_different_visitors(app, stores, worker, tenant
     assert len({r[0] for r in await rows(stores, worker, tenant, "visitor_id")}) == 2
 
 
+# -- realtime --------------------------------------------------------------------
+
+
+async def test_realtime_from_redis_state(app, stores, tenant):
+    start = datetime(2026, 11, 26, 10, 0, 30, tzinfo=UTC)
+    now = start
+    app.state.collector.clock = lambda: now
+    for _ in range(3):
+        await send(app, tenant, ip="198.51.100.1", url="https://shop.example/", referrer="https://www.google.com/")
+    await send(app, tenant, ip="203.0.113.2", url="https://shop.example/pricing")
+    await send(app, tenant, ip="203.0.113.2", url="https://shop.example/pricing", event_type="event", event_name="click")
+    await send(app, tenant, ip="192.0.2.3", ua=BOTS["googlebot"])  # not a visitor
+
+    async def realtime() -> dict:
+        async with client_at(app, "192.0.2.1") as http:
+            response = await http.get(f"/v1/projects/{tenant.id}/realtime", headers=tenant.headers)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    body = await realtime()
+    assert body["visitors"] == 2
+    assert len(body["pageviews_per_minute"]) == 30
+    assert body["pageviews_per_minute"][-1] == {"minute": "2026-11-26T10:00:00Z", "pageviews": 4}
+    assert sum(m["pageviews"] for m in body["pageviews_per_minute"]) == 4
+    assert body["top_pages"] == [{"path": "/", "pageviews": 3}, {"path": "/pricing", "pageviews": 1}]
+    assert body["top_sources"] == [{"source": "Google", "pageviews": 3}, {"source": "", "pageviews": 1}]
+
+    now = start + timedelta(minutes=4)
+    await send(app, tenant, ip="203.0.113.2", url="https://shop.example/pricing")
+    now = start + timedelta(minutes=6)  # visitor 1 is gone, visitor 2 was here 2 minutes ago
+    body = await realtime()
+    assert body["visitors"] == 1
+    assert body["top_pages"] == [{"path": "/pricing", "pageviews": 1}]
+    assert [m["pageviews"] for m in body["pageviews_per_minute"] if m["pageviews"]] == [4, 1]
+
+    now = start + timedelta(minutes=40)
+    body = await realtime()
+    assert body["visitors"] == 0 and body["top_pages"] == [] and body["top_sources"] == []
+    assert not any(m["pageviews"] for m in body["pageviews_per_minute"])
+
+
 # -- verify installation and usage -------------------------------------------------
 
 

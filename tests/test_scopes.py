@@ -22,6 +22,7 @@ ROUTES = {
     ("GET", "/v1/projects/{project_id}/pageviews"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
     ("GET", "/v1/projects/{project_id}/events"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
     ("GET", "/v1/projects/{project_id}/sessions"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
+    ("GET", "/v1/projects/{project_id}/realtime"): (Scope.stats_read, {}),
     ("GET", "/v1/projects/{project_id}/stats"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
     ("GET", "/v1/projects/{project_id}/timeseries"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
     ("GET", "/v1/projects/{project_id}/breakdown"): (

@@ -342,7 +342,7 @@ class Collector:
         return commit.accepted(
             site.project_id, hit.budget_tag, site.per_ip_per_minute, site.per_site_per_minute, *event.visitors,
             _fresh_session(), orjson.dumps(event.row)[:-1].decode(), arrival, event.row["event_id"],
-            hit.received_ms, hit.day,
+            hit.received_ms, hit.day, event.row["event_type"], event.row.get("path", ""), event.row["referrer_source"],
         )
 
     async def handle(self, body: bytes, peer: str, headers: dict[str, str]) -> list[str]:

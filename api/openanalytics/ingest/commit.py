@@ -25,6 +25,8 @@ from openanalytics.ingest import arrivals
 log = logging.getLogger(__name__)
 
 MAX_HITS_PER_CALL = 500
+RECENT_MS = 5 * 60_000  # realtime: visitors, top pages and sources of the last five minutes
+MINUTES = 30  # realtime: pageviews per minute for the last thirty
 
 _SCRIPT = r"""
 local window, idle, stream = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
@@ -44,11 +46,19 @@ local function live(key)
   return nil
 end
 local outcomes, touched = {}, {}
+-- Realtime state, summed over the batch and written once per key at the end (see realtime.py).
+local seen, counts, ranks = {}, {}, {}
+local function rank(key, member)
+  local members = ranks[key] or {}
+  ranks[key] = members
+  members[member] = (members[member] or 0) + 1
+end
 for _, f in ipairs(cjson.decode(ARGV[6])) do
   local kind, pid, iptag, iplimit, sitelimit = f[1], f[2], f[3], f[4], f[5]
   local visitor, previous, fresh = f[6], f[7], f[8]
   local row, arrival, event_id, reason = f[9], f[10], f[11], f[12]
   local stamp, day = f[13], f[14]
+  local event_type, path, source = f[15], f[16], f[17]
   now = tonumber(stamp)
   local outcome = reason
   if kind == 'E' then
@@ -68,6 +78,15 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
       -- field 'e' as in buffer.FIELD, which the worker reads
       redis.call('XADD', stream, '*', 'e', row .. ',"visitor_id":' .. visitor .. ',"session_id":' .. sid .. '}')
       outcome = 'accepted'
+      local rt = 'oa:rt:' .. pid
+      seen[rt] = seen[rt] or {}
+      seen[rt][visitor] = math.max(seen[rt][visitor] or 0, now)
+      if event_type == 'pageview' then
+        local minute = ':' .. math.floor(now / 60000)
+        counts[rt .. ':pv' .. minute] = (counts[rt .. ':pv' .. minute] or 0) + 1
+        rank(rt .. ':pages' .. minute, path)
+        rank(rt .. ':sources' .. minute, source)
+      end
     end
   end
   local listed = 'oa:arrivals:' .. pid
@@ -86,6 +105,24 @@ for pid in pairs(touched) do
   redis.call('LTRIM', 'oa:arrivals:' .. pid, 0, keep - 1)
   redis.call('EXPIRE', 'oa:arrivals:' .. pid, ttl)
 end
+local recent, minutes = tonumber(ARGV[7]), tonumber(ARGV[8])
+for rt, visitors in pairs(seen) do
+  local key, latest = rt .. ':visitors', 0
+  for visitor, at in pairs(visitors) do
+    redis.call('ZADD', key, 'GT', at, visitor)
+    latest = math.max(latest, at)
+  end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('(%d', latest - recent))
+  redis.call('PEXPIRE', key, recent)
+end
+for key, n in pairs(counts) do
+  redis.call('INCRBY', key, n)
+  redis.call('PEXPIRE', key, minutes * 60000)
+end
+for key, members in pairs(ranks) do
+  for member, n in pairs(members) do redis.call('ZINCRBY', key, n, member) end
+  redis.call('PEXPIRE', key, recent + 60000)
+end
 -- One string, not an array: parsing thousands of replies costs the client more than Redis.
 return table.concat(outcomes, ',')
 """
@@ -93,15 +130,16 @@ _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 
 
 def accepted(project_id: str, ip_tag: str, per_ip: int, per_site: int, visitor: int, previous: int | None,
-             fresh_session: int, row: str, arrival: str, event_id: str, stamp_ms: int, day: str) -> list:
+             fresh_session: int, row: str, arrival: str, event_id: str, stamp_ms: int, day: str,
+             event_type: str, path: str, source: str) -> list:
     """An event that passed the steps, as the script takes it (`row` and `arrival` are JSON objects
-    without their closing brace: the script appends fields)."""
+    without their closing brace: the script appends fields; the last three feed realtime)."""
     return ["E", project_id, ip_tag, per_ip, per_site, str(visitor), str(previous or ""), str(fresh_session),
-            row, arrival, event_id, "", str(stamp_ms), day]
+            row, arrival, event_id, "", str(stamp_ms), day, event_type, path, source]
 
 
 def dropped(project_id: str, arrival: str, reason: str, stamp_ms: int, day: str) -> list:
-    return ["D", project_id, "", 0, 0, "", "", "", "", arrival, "", reason, str(stamp_ms), day]
+    return ["D", project_id, "", 0, 0, "", "", "", "", arrival, "", reason, str(stamp_ms), day, "", "", ""]
 
 
 class Committer:
@@ -125,11 +163,12 @@ class Committer:
         while self._waiting:
             batch, self._waiting = self._waiting, []
             shared = [self.window_ms, self.idle_ms, self.stream, arrivals.KEEP, arrivals.TTL_SECONDS]
+            realtime = [RECENT_MS, MINUTES]
             hits = [hit for request_hits, _ in batch for hit in request_hits]
             try:
                 outcomes = []
                 for start in range(0, len(hits), MAX_HITS_PER_CALL):  # no call long enough to stall Redis
-                    reply = await self._call(shared + [orjson.dumps(hits[start:start + MAX_HITS_PER_CALL])])
+                    reply = await self._call(shared + [orjson.dumps(hits[start:start + MAX_HITS_PER_CALL])] + realtime)
                     outcomes += (reply.decode() if isinstance(reply, bytes) else reply).split(",")
             except BaseException as exc:
                 for _, future in batch:

@@ -29,6 +29,7 @@ RANGE_SQL = "timestamp >= {start:DateTime64(3, 'UTC')} AND timestamp < {end:Date
 PAGEVIEW, CONVERSION = "event_type = 'pageview'", "event_type = 'conversion'"
 REVENUE = "[toString(currency)], [assumeNotNull(revenue)]"
 _REVENUE_PARTS = "rev.1 AS rev_currency, rev.2 AS rev_amount"
+NO_REVENUE = "(CAST([], 'Array(String)'), CAST([], 'Array(Decimal(38, 4))'))"
 # Whole-session numbers, per (session, visitor) over all its events in the window.
 SESSION_COLUMNS = (
     f"countIf({PAGEVIEW}) AS session_pv, toUInt8(countIf({PAGEVIEW}) = 1 AND count() = 1) AS bounced, "
@@ -78,20 +79,23 @@ class Aggregate:
             conditions += " AND session_id != 0"
         params.update(self.window.params())
         table, shape = self.table, self._shape()
+        revenue = "revenue" in self.metrics  # a per-currency map costs; only when asked for
         if shape == "flat":
-            source = (
-                f"(SELECT {self._key()} AS k, session_id AS sid, visitor_id AS visitor, toUInt8({PAGEVIEW}) AS pv, "
-                f"toUInt8(1) AS n, toUInt8({CONVERSION}) AS conv, toUInt8(0) AS bounced, toUInt64(0) AS duration_ms, "
-                "toUInt64(0) AS session_pv, if(revenue IS NULL, [], [toString(currency)]) AS rev_currency, "
-                f"if(revenue IS NULL, [], [assumeNotNull(revenue)]) AS rev_amount FROM {table} "
-                f"WHERE {RANGE_SQL} AND {conditions})"
+            sql = (
+                f"SELECT {self._key()} AS k, uniqExactIf(visitor_id, visitor_id != 0) AS visitors, "
+                f"countIf({PAGEVIEW}) AS pageviews, count() AS events, countIf({CONVERSION}) AS conversions, "
+                "toUInt64(0) AS sessions, toUInt64(0), toUInt64(0), toUInt64(0), "
+                f"{f'sumMapIf({REVENUE}, revenue IS NOT NULL)' if revenue else NO_REVENUE} AS revenue "
+                f"FROM {table} WHERE {RANGE_SQL} AND {conditions} GROUP BY k"
             )
-        elif shape == "per_session":
+            return self._page(sql, params, limit, offset)
+        if shape == "per_session":
             key = f"{SESSION_DIMENSIONS[self.group]} AS k" if self.group else "'' AS k"
             source = (
                 f"(SELECT session_id AS sid, visitor_id AS visitor, {key}, countIf({PAGEVIEW} AND {conditions}) AS pv, "
                 f"countIf({conditions}) AS n, countIf({CONVERSION} AND {conditions}) AS conv, {SESSION_COLUMNS}, "
-                f"sumMapIf({REVENUE}, revenue IS NOT NULL AND {conditions}) AS rev, {_REVENUE_PARTS} "
+                f"{f'sumMapIf({REVENUE}, revenue IS NOT NULL AND {conditions})' if revenue else NO_REVENUE} AS rev, "
+                f"{_REVENUE_PARTS} "
                 f"FROM {table} WHERE {RANGE_SQL} GROUP BY sid, visitor HAVING n > 0)"
             )
             if self.group:
@@ -99,12 +103,15 @@ class Aggregate:
         else:
             source = (
                 f"(SELECT {self._key()} AS k, session_id AS sid, visitor_id AS visitor, countIf({PAGEVIEW}) AS pv, "
-                f"count() AS n, countIf({CONVERSION}) AS conv, sumMapIf({REVENUE}, revenue IS NOT NULL) AS rev, "
+                f"count() AS n, countIf({CONVERSION}) AS conv, "
+                f"{f'sumMapIf({REVENUE}, revenue IS NOT NULL)' if revenue else NO_REVENUE} AS rev, "
                 f"{_REVENUE_PARTS} FROM {table} WHERE {RANGE_SQL} AND {conditions} GROUP BY k, sid, visitor) AS seg "
                 f"LEFT JOIN (SELECT session_id AS sid, {SESSION_COLUMNS} FROM {table} "
                 f"WHERE {RANGE_SQL} AND session_id != 0 GROUP BY sid) AS s USING (sid)"
             )
-        sql = f"SELECT k, {OUTER} FROM {source} GROUP BY k"
+        return self._page(f"SELECT k, {OUTER} FROM {source} GROUP BY k", params, limit, offset)
+
+    def _page(self, sql: str, params: dict[str, Any], limit: int | None, offset: int) -> tuple[str, dict[str, Any]]:
         if limit is not None:
             first = self.metrics[0] if self.metrics else "events"
             sql += f" ORDER BY {_ORDER[first]} DESC, events DESC, k LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}"
