@@ -64,7 +64,7 @@ def _minute(ms: int) -> datetime:
 )
 async def get_realtime(
     request: Request, access: StatsRead,
-    top: Annotated[int, Query(ge=1, le=100, description="How many pages and sources.")] = 10,
+    top: Annotated[int, Query(ge=1, le=100, description="How many pages and sources.", examples=[10])] = 10,
 ) -> Realtime:
     now = request.app.state.collector.clock()
     now_ms = int(now.timestamp() * 1000)
