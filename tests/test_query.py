@@ -330,3 +330,69 @@ async def test_hour_buckets_in_sql_match_the_zero_filled_keys(stores, zone, day,
            "WHERE timestamp < {end:DateTime64(3, 'UTC')} ORDER BY 1")
     found = [row[0] for row in await stores.events.run(stores.events.rows, sql, span.params())]
     assert sorted(found) == sorted(keys)
+
+
+# -- goals, conversions, funnels ------------------------------------------------------
+
+
+async def test_goals_are_managed_with_their_own_scope(client, make_tenant):
+    owner = make_tenant(scopes=["stats:read", "goals:manage"])
+    reader = make_tenant(scopes=["stats:read"])
+    url = f"/v1/projects/{owner.id}/goals"
+    created = await client.post(url, json={"name": "Signups", "match": "event_name", "value": "signup"}, headers=owner.headers)
+    assert created.status_code == 201, created.text
+    goal = created.json()
+    assert goal["id"].startswith("goal_") and goal["match"] == "event_name" and goal["value"] == "signup"
+    again = await client.post(url, json={"name": "Signups", "match": "any_conversion"}, headers=owner.headers)
+    assert_error(again, 409, "goal_exists")
+    for bad in ({"name": "x", "match": "any_conversion", "value": "y"}, {"name": "x", "match": "path", "value": "pricing"},
+                {"name": "x", "match": "event_type", "value": "purchase"}, {"name": "x", "match": "referrer", "value": "a"},
+                {"name": "", "match": "any_conversion"}):
+        assert_error(await client.post(url, json=bad, headers=owner.headers), 400)
+    listed = (await client.get(url, headers=owner.headers)).json()
+    assert [g["name"] for g in listed["goals"]] == ["Signups"]
+    assert_error(await client.post(f"/v1/projects/{reader.id}/goals", json={"name": "a", "match": "any_conversion"},
+                                   headers=reader.headers), 403)
+    assert_error(await client.delete(f"{url}/{goal['id']}", headers=reader.headers), 404)  # another tenant's project
+    assert_error(await client.delete(f"/v1/projects/{reader.id}/goals/{goal['id']}", headers=reader.headers), 403)
+    assert (await client.delete(f"{url}/{goal['id']}", headers=owner.headers)).status_code == 204
+    assert_error(await client.delete(f"{url}/{goal['id']}", headers=owner.headers), 404, "goal_not_found")
+    assert (await client.get(url, headers=owner.headers)).json() == {"goals": []}
+
+
+async def test_conversions_per_goal(client, stores, data):
+    from openanalytics.goals.models import Goal
+
+    with stores.db.session() as session:
+        for n, (name, match, value) in enumerate([("Signups", "event_name", "signup"), ("Pricing", "path", "/pricing"),
+                                                  ("Any", "any_conversion", ""), ("Clicks", "event_type", "event")]):
+            session.add(Goal(id=f"goal_{n:016x}", project_id=data.id, name=name, match=match, value=value,
+                             created_at=datetime(2026, 1, 1, 0, n, tzinfo=UTC)))
+    body = await get(client, data, "conversions", **{"from": DAY, "to": DAY})
+    assert body["visitors"] == 3
+    assert [(g["goal"]["name"], g["visitors"], g["conversions"], g["conversion_rate"], g["revenue"]) for g in body["goals"]] == [
+        ("Signups", 1, 1, 0.3333, {"EUR": "10.5000"}),
+        ("Pricing", 2, 2, 0.6667, {}),
+        ("Any", 2, 2, 0.6667, {"EUR": "10.5000", "USD": "5.0000"}),
+        ("Clicks", 1, 2, 0.3333, {}),
+    ]
+    nl = await get(client, data, "conversions", **{"from": DAY, "to": DAY, "filter": "country==NL"})
+    assert [(g["visitors"], g["conversions"]) for g in nl["goals"]] == [(1, 1), (1, 1), (1, 1), (0, 0)]
+
+
+async def test_funnel_counts_visitors_through_ordered_steps(client, data):
+    steps = ["path==/", "path==/pricing", "event_name==signup"]
+    body = await get(client, data, "funnel", **{"from": DAY, "to": DAY, "step": steps})
+    assert [(s["step"], s["visitors"], s["conversion_rate"], s["step_rate"]) for s in body["steps"]] == [
+        ("path==/", 2, 1.0, 1.0), ("path==/pricing", 1, 0.5, 0.5), ("event_name==signup", 1, 0.5, 1.0)]
+    short = await get(client, data, "funnel", **{"from": DAY, "to": DAY, "step": steps, "window": 120})
+    assert [s["visitors"] for s in short["steps"]] == [2, 1, 0]  # the signup came 3 minutes after the first step
+    reverse = await get(client, data, "funnel", **{"from": DAY, "to": DAY, "step": ["path==/pricing", "path==/"]})
+    assert [s["visitors"] for s in reverse["steps"]] == [2, 1]  # visitor 2 saw /pricing, then / in a later session
+
+
+@pytest.mark.parametrize("steps", [["path==/"], ["path=@/", "path==/x"], ["referrer==a", "path==/"], ["path==/"] * 11])
+async def test_bad_funnels_are_400(client, tenant, steps):
+    response = await client.get(f"/v1/projects/{tenant.id}/funnel", params={"from": DAY, "to": DAY, "step": steps},
+                                headers=tenant.headers)
+    assert_error(response, 400)

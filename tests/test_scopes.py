@@ -23,6 +23,12 @@ ROUTES = {
     ("GET", "/v1/projects/{project_id}/events"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
     ("GET", "/v1/projects/{project_id}/sessions"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
     ("GET", "/v1/projects/{project_id}/realtime"): (Scope.stats_read, {}),
+    ("GET", "/v1/projects/{project_id}/conversions"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
+    ("GET", "/v1/projects/{project_id}/funnel"): (
+        Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02", "step": ["path==/", "path==/a"]}}),
+    ("GET", "/v1/projects/{project_id}/goals"): (Scope.stats_read, {}),
+    ("POST", "/v1/projects/{project_id}/goals"): (Scope.goals_manage, {"json": {"name": "g", "match": "any_conversion"}}),
+    ("DELETE", "/v1/projects/{project_id}/goals/{goal_id}"): (Scope.goals_manage, {}),
     ("GET", "/v1/projects/{project_id}/stats"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
     ("GET", "/v1/projects/{project_id}/timeseries"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
     ("GET", "/v1/projects/{project_id}/breakdown"): (
@@ -72,14 +78,20 @@ async def test_every_route_has_a_scope_decision(stores):
 
 
 @pytest.mark.parametrize("route", list(ROUTES), ids=[f"{m} {p}" for m, p in ROUTES])
-async def test_scope_is_enforced(client, make_tenant, route):
+async def test_scope_is_enforced(client, stores, make_tenant, route):
+    from openanalytics.goals.models import Goal
+
     method, path = route
     scope, kwargs = ROUTES[route]
     without = make_tenant(scopes=[s.value for s in Scope if s is not scope])
     only = make_tenant(scopes=[scope.value, "stats:read"] if scope is Scope.keys_manage else [scope.value])
 
     def url(tenant):
-        return path.format(project_id=tenant.id, key_id=tenant.key.key.id)
+        goal_id = f"goal_{tenant.id[4:]}"
+        with stores.db.session() as session:
+            if session.get(Goal, goal_id) is None:
+                session.add(Goal(id=goal_id, project_id=tenant.id, name="scope test", match="any_conversion", value=""))
+        return path.format(project_id=tenant.id, key_id=tenant.key.key.id, goal_id=goal_id)
 
     refused = await client.request(method, url(without), headers=without.headers, **kwargs)
     body = assert_error(refused, 403, "insufficient_scope")

@@ -54,6 +54,10 @@ class NotFound(ApiError):
     status, code = 404, "not_found"
 
 
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
 class Unavailable(ApiError):
     status, code = 503, "unavailable"
 

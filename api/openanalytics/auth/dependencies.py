@@ -102,3 +102,4 @@ ProjectRead = Annotated[ProjectAccess, Depends(project_with(Scope.projects_read)
 StatsRead = Annotated[ProjectAccess, Depends(project_with(Scope.stats_read))]
 EventsWrite = Annotated[ProjectAccess, Depends(project_with(Scope.events_write))]
 KeysManage = Annotated[ProjectAccess, Depends(project_with(Scope.keys_manage))]
+GoalsManage = Annotated[ProjectAccess, Depends(project_with(Scope.goals_manage))]

@@ -26,6 +26,7 @@ class Scope(StrEnum):
     privacy_export = "privacy:export"
     privacy_delete = "privacy:delete"
     keys_manage = "keys:manage"
+    goals_manage = "goals:manage"
 
 
 # A key created without explicit scopes can do what the seed's three examples do.

@@ -60,7 +60,7 @@ def _minute(ms: int) -> datetime:
     summary="Visitors and pageviews right now",
     description="Browser traffic through /collect, from Redis. Cheap to poll: answers are cached for a second.",
     response_model=Realtime,
-    responses=error_responses(401, 403, 404, 429),
+    responses=error_responses(400, 401, 403, 404, 429),
 )
 async def get_realtime(
     request: Request, access: StatsRead,
