@@ -40,8 +40,8 @@ async def test_seed_event_round_trip(client, tenant, worker, stores):
     )
     assert query.status_code == 200, query.text
     result = query.json()
-    assert result["totals"] == {"pageviews": 0, "visitors": 0, "events": 1}  # visitors count pageviews only
-    assert result["results"] == [{"path": "/thanks", "pageviews": 0, "visitors": 0, "events": 1}]
+    assert result["totals"] == {"pageviews": 0, "visitors": 1, "events": 1}  # the user is a visitor
+    assert result["results"] == [{"path": "/thanks", "pageviews": 0, "visitors": 1, "events": 1}]
 
 
 async def test_pageviews_by_path_and_day_with_known_answers(client, tenant, worker):

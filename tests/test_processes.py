@@ -95,7 +95,7 @@ def seed_examples(base: str, project_id: str, secret: str) -> None:
     sent = httpx.post(f"{base}/v1/projects/{project_id}/events", headers=headers, json=SEED_EVENT)
     assert sent.status_code == 202 and sent.json()["queued"] is True
     body = wait_for_events(base, project_id, headers, 1)
-    assert body["results"] == [{"path": "/thanks", "pageviews": 0, "visitors": 0, "events": 1}], body
+    assert body["results"] == [{"path": "/thanks", "pageviews": 0, "visitors": 1, "events": 1}], body
 
 
 def test_standalone_with_the_cli_beside_it(tmp_path):
