@@ -17,7 +17,8 @@ import httpx
 
 from tests.test_processes import ROOT, clean_env, cli, free_port, start, stop, wait_ready
 
-SCOPES = ["projects:read", "stats:read", "events:write", "keys:manage", "goals:manage"]
+SCOPES = ["projects:read", "stats:read", "events:write", "keys:manage", "goals:manage", "privacy:export",
+          "privacy:delete"]
 
 
 def test_schemathesis_finds_no_server_errors_and_no_spec_violations(tmp_path):

@@ -29,6 +29,9 @@ ROUTES = {
     ("GET", "/v1/projects/{project_id}/goals"): (Scope.stats_read, {}),
     ("POST", "/v1/projects/{project_id}/goals"): (Scope.goals_manage, {"json": {"name": "g", "match": "any_conversion"}}),
     ("DELETE", "/v1/projects/{project_id}/goals/{goal_id}"): (Scope.goals_manage, {}),
+    ("GET", "/v1/projects/{project_id}/privacy/user/{user_id}"): (Scope.privacy_export, {}),
+    ("DELETE", "/v1/projects/{project_id}/privacy/user/{user_id}"): (Scope.privacy_delete, {}),
+    ("GET", "/v1/projects/{project_id}/privacy/requests/{request_id}"): (Scope.privacy_delete, {}),
     ("GET", "/v1/projects/{project_id}/stats"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
     ("GET", "/v1/projects/{project_id}/timeseries"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
     ("GET", "/v1/projects/{project_id}/breakdown"): (
@@ -80,6 +83,7 @@ async def test_every_route_has_a_scope_decision(stores):
 @pytest.mark.parametrize("route", list(ROUTES), ids=[f"{m} {p}" for m, p in ROUTES])
 async def test_scope_is_enforced(client, stores, make_tenant, route):
     from openanalytics.goals.models import Goal
+    from openanalytics.privacy.models import PrivacyRequest
 
     method, path = route
     scope, kwargs = ROUTES[route]
@@ -91,7 +95,12 @@ async def test_scope_is_enforced(client, stores, make_tenant, route):
         with stores.db.session() as session:
             if session.get(Goal, goal_id) is None:
                 session.add(Goal(id=goal_id, project_id=tenant.id, name="scope test", match="any_conversion", value=""))
-        return path.format(project_id=tenant.id, key_id=tenant.key.key.id, goal_id=goal_id)
+            request_id = f"prq_{tenant.id[4:]}"
+            if session.get(PrivacyRequest, request_id) is None:
+                session.add(PrivacyRequest(id=request_id, project_id=tenant.id, user_hash=tenant.id * 2,
+                                           status="completed", attempts=1))
+        return path.format(project_id=tenant.id, key_id=tenant.key.key.id, goal_id=goal_id, user_id="u1",
+                           request_id=request_id)
 
     refused = await client.request(method, url(without), headers=without.headers, **kwargs)
     body = assert_error(refused, 403, "insufficient_scope")

@@ -22,6 +22,7 @@ from openanalytics.openapi import build_openapi
 from openanalytics.projects import endpoints as projects
 from openanalytics.ingest import verify
 from openanalytics.goals import endpoints as goals
+from openanalytics.privacy import endpoints as privacy
 from openanalytics.query import conversions, funnel, listing, pageviews, realtime, stats, usage
 from openanalytics.tracker import endpoints as tracker
 from openanalytics.runtime import Stores
@@ -96,7 +97,7 @@ def create_app(
     app.add_middleware(collect.CollectEndpoint, collector=app.state.collector)  # outermost: the hot path
     errors.install(app)
     for module in (health, tracker, collect, events, verify, projects, keys, pageviews, stats, listing, realtime,
-                   goals, conversions, funnel, usage):
+                   goals, conversions, funnel, privacy, usage):
         app.include_router(module.router)
     events_body = {"requestBody": events.request_body_spec(stores.settings.events_max_batch)}
     app.openapi = lambda: build_openapi(app, [EventIn], {("/v1/projects/{project_id}/events", "post"): events_body})

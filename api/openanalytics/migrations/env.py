@@ -4,6 +4,7 @@ from openanalytics.stores.sql import Base
 import openanalytics.projects.models  # noqa: F401  (registers tables)
 import openanalytics.auth.models  # noqa: F401
 import openanalytics.goals.models  # noqa: F401
+import openanalytics.privacy.models  # noqa: F401
 
 engine = context.config.attributes["engine"]
 

@@ -28,6 +28,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from redis.exceptions import ResponseError
 
 from openanalytics.ingest.buffer import FIELD
+from openanalytics.privacy.deletion import forgotten
 from openanalytics.provisioning.events_schema import EVENT_COLUMNS, database_name
 
 log = logging.getLogger(__name__)
@@ -139,23 +140,39 @@ class Flusher:
         return len(messages)
 
     async def flush(self, messages: list[Message]) -> None:
-        by_project: dict[str, list[tuple[bytes, list[Any]]]] = defaultdict(list)
+        rows: dict[str, list[tuple[bytes, dict[str, Any]]]] = defaultdict(list)
         unreadable: list[Message] = []
+        settled: list[bytes] = []  # deleted from the stream meanwhile (privacy requests): nothing to store
         for message_id, fields in messages:
+            if not fields:
+                settled.append(message_id)
+                continue
             try:
                 row = orjson.loads(fields[FIELD])
-                by_project[row["project_id"]].append((message_id, to_columns(row)))
+                rows[row["project_id"]].append((message_id, row))
             except Exception:
                 unreadable.append((message_id, fields))
         if unreadable:
             await self.dead_letter(unreadable, "unreadable row")
-        for project_id, items in by_project.items():
+        for project_id, found in rows.items():
+            forget = await forgotten(self.redis, project_id)
+            items: list[tuple[bytes, list[Any]]] = []
+            for message_id, row in found:
+                if row.get("user_id") in forget and row.get("received_at", 0) <= forget[row["user_id"]]:
+                    settled.append(message_id)  # its user asked for deletion meanwhile
+                    continue
+                try:
+                    items.append((message_id, to_columns(row)))
+                except Exception:
+                    await self.dead_letter([(message_id, {FIELD: orjson.dumps(row)})], "unreadable row")
             ids = [message_id for message_id, _ in items]
-            if await self.provisioner(project_id):
+            if items and await self.provisioner(project_id):
                 await self._insert(project_id, items, messages)
-            else:
+            elif items:
                 log.warning("dropping %d events of unknown or inactive project %s", len(items), project_id)
             await self.ack(ids)
+        if settled:
+            await self.ack(settled)
 
     async def _insert(self, project_id: str, items: list[tuple[bytes, list[Any]]], messages: list[Message]) -> None:
         ids = [message_id for message_id, _ in items]

@@ -1,4 +1,4 @@
-"""The worker loop: provisioning catch-up and stream draining, with backoff on failures."""
+"""The worker loop: provisioning catch-up, stream draining and privacy deletions, with backoff on failures."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import time
 
 from openanalytics.cache import TTLCache
+from openanalytics.privacy.deletion import Deleter
 from openanalytics.projects.models import Project
 from openanalytics.provisioning.events_schema import CURRENT_VERSION
 from openanalytics.provisioning.projects import provision_pending, provision_project
@@ -16,6 +17,7 @@ from openanalytics.worker.flush import Flusher
 log = logging.getLogger(__name__)
 
 PROVISION_EVERY_SECONDS = 1.0
+PRIVACY_EVERY_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
 
 
@@ -23,6 +25,7 @@ class Worker:
     def __init__(self, stores: Stores, consumer: str | None = None):
         self.stores = stores
         self.flusher = Flusher(stores, consumer or stores.settings.worker_name, self.ensure_project)
+        self.deleter = Deleter(stores)
         self._ready: TTLCache[str, bool] = TTLCache(10.0)
         self.failures = 0
 
@@ -58,9 +61,16 @@ class Worker:
             total += moved
         return total
 
+    async def forget(self) -> list[str]:
+        """Carry out every due privacy request now (tests, operations). Returns their ids."""
+        done = []
+        while request_id := await self.deleter.run_once():
+            done.append(request_id)
+        return done
+
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.5
-        next_provision = 0.0
+        next_provision = next_privacy = 0.0
         group_ready = False
         while not stop.is_set():
             try:
@@ -71,6 +81,9 @@ class Worker:
                     await self.provision()
                     next_provision = time.monotonic() + PROVISION_EVERY_SECONDS
                 await self.flusher.run_once(block_ms=self.stores.settings.worker_block_ms)
+                if time.monotonic() >= next_privacy:
+                    await self.deleter.run_once()
+                    next_privacy = time.monotonic() + PRIVACY_EVERY_SECONDS
                 backoff, self.failures = 0.5, 0
             except asyncio.CancelledError:
                 raise

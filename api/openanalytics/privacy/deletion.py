@@ -1,0 +1,187 @@
+"""Carrying out deletion requests (run by the worker), safely repeatable after a crash.
+
+A request is claimed with a lease; a worker that dies leaves the lease to run out and the
+next worker starts the request over. Every step is idempotent:
+
+1. A tombstone (Redis hash `oa:forget:<project>`: user id -> request time) makes the
+   flusher drop the user's events received up to the request instead of storing them.
+2. The user's events still in the ingest stream are deleted from it.
+3. Their realtime and session state (keyed by the visitor ids their events carry) is removed.
+4. Their stored events are deleted from ClickHouse (a synchronous mutation, so the parts
+   are rewritten, not just masked).
+5. Nothing may remain in ClickHouse or the stream; otherwise the attempt fails and the
+   request is tried again (an insert that was already under way can land after step 4).
+
+Only then is the request completed. The user id is then cleared from the request row:
+the audit trail keeps its hash, the counts and the times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from sqlalchemy import func, or_, select, update
+
+from openanalytics.ingest.buffer import FIELD
+from openanalytics.privacy.models import PrivacyRequest
+from openanalytics.projects.models import Project
+from openanalytics.provisioning.events_schema import database_name
+from openanalytics.runtime import Stores
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(minutes=5)
+MAX_ATTEMPTS = 5
+TOMBSTONE_SECONDS = 24 * 3600  # far longer than any event waits in the stream
+SCAN_CHUNK = 1000
+
+
+def forget_key(project_id: str) -> str:
+    return f"oa:forget:{project_id}"
+
+
+@dataclass
+class Claimed:
+    id: str
+    project_id: str
+    user_id: str
+    requested_ms: int
+
+
+class Deleter:
+    def __init__(self, stores: Stores, lease: timedelta = LEASE):
+        self.stores = stores
+        self.lease = lease
+
+    # -- the request row ---------------------------------------------------------
+
+    def _claim(self) -> Claimed | None:
+        now = datetime.now(UTC)
+        with self.stores.db.session() as session:
+            due = session.scalars(select(PrivacyRequest).where(or_(
+                PrivacyRequest.status == "queued",
+                (PrivacyRequest.status == "running") & (PrivacyRequest.lease_until < now),
+            )).order_by(PrivacyRequest.created_at).limit(10)).all()
+            for row in due:
+                if row.attempts >= MAX_ATTEMPTS:
+                    row.status, row.completed_at, row.lease_until, row.user_id = "failed", now, None, None
+                    row.error = row.error or "gave up"
+                    continue
+                # Optimistic: whoever bumps `attempts` from the value it read owns the request.
+                taken = session.execute(update(PrivacyRequest).where(
+                    PrivacyRequest.id == row.id, PrivacyRequest.attempts == row.attempts,
+                ).values(status="running", lease_until=now + self.lease, attempts=row.attempts + 1,
+                         started_at=func.coalesce(PrivacyRequest.started_at, now)))
+                if taken.rowcount == 1:
+                    return Claimed(row.id, row.project_id, row.user_id or "", int(row.created_at.timestamp() * 1000))
+        return None
+
+    def _finish(self, claimed: Claimed, stored: int, queued: int) -> None:
+        with self.stores.db.session() as session:
+            row = session.get(PrivacyRequest, claimed.id)
+            row.status, row.completed_at, row.lease_until = "completed", datetime.now(UTC), None
+            row.events_deleted, row.queued_events_deleted, row.error, row.user_id = stored, queued, None, None
+
+    def _failed(self, claimed: Claimed, error: str) -> None:
+        with self.stores.db.session() as session:
+            row = session.get(PrivacyRequest, claimed.id)
+            row.error = error[:2000]
+            if row.attempts >= MAX_ATTEMPTS:
+                row.status, row.completed_at, row.lease_until, row.user_id = "failed", datetime.now(UTC), None, None
+            else:
+                row.status, row.lease_until = "queued", None  # retried on a later run
+
+    # -- the work ----------------------------------------------------------------
+
+    async def run_once(self) -> str | None:
+        """Claim one due request and carry it out. Returns its id, or None when none was due."""
+        claimed = await asyncio.to_thread(self._claim)
+        if claimed is None:
+            return None
+        try:
+            stored, queued = await self.delete_user(claimed)
+        except Exception as exc:
+            log.warning("privacy request %s failed: %s", claimed.id, exc)
+            await asyncio.to_thread(self._failed, claimed, str(exc))
+        else:
+            await asyncio.to_thread(self._finish, claimed, stored, queued)
+            log.info("privacy request %s completed", claimed.id, extra={"project_id": claimed.project_id})
+        return claimed.id
+
+    async def delete_user(self, claimed: Claimed) -> tuple[int, int]:
+        """(stored events deleted, queued events deleted). Raises if anything remains."""
+        redis, project_id, user_id = self.stores.redis, claimed.project_id, claimed.user_id
+        if not user_id:
+            raise RuntimeError("the request has no user id")
+        await redis.hset(forget_key(project_id), user_id, claimed.requested_ms)
+        await redis.expire(forget_key(project_id), TOMBSTONE_SECONDS)
+        queued_ids, visitors = await self._in_stream(project_id, user_id)
+        if queued_ids:
+            await redis.xdel(self.stores.settings.stream_key, *queued_ids)
+        table = await asyncio.to_thread(self._table, project_id)
+        stored = 0
+        if table is not None:
+            store = self.stores.events
+            params = {"user": user_id}
+            rows = await store.run(store.rows, f"SELECT DISTINCT visitor_id FROM {table} WHERE user_id = {{user:String}}",
+                                   params)
+            visitors |= {visitor for (visitor,) in rows}
+            ((stored,),) = await store.run(store.rows, f"SELECT count() FROM {table} WHERE user_id = {{user:String}}",
+                                           params)
+            if stored:
+                await store.run(store.command, f"ALTER TABLE {table} DELETE WHERE user_id = {{user:String}} "
+                                               "SETTINGS mutations_sync = 2", params)
+        await self._forget_visitors(project_id, visitors - {0})
+        # Verify: nothing stored, nothing queued.
+        if table is not None:
+            ((left,),) = await store.run(store.rows, f"SELECT count() FROM {table} WHERE user_id = {{user:String}}",
+                                         params)
+            if left:
+                raise RuntimeError(f"{left} events of the user are still stored (an insert was under way)")
+        again, _ = await self._in_stream(project_id, user_id)
+        if again:
+            raise RuntimeError(f"{len(again)} events of the user are still queued")
+        return stored, len(queued_ids)
+
+    def _table(self, project_id: str) -> str | None:
+        with self.stores.db.session() as session:
+            project = session.get(Project, project_id)
+            provisioned = project is not None and project.events_schema_version > 0
+        return f"{database_name(project_id)}.events" if provisioned else None
+
+    async def _in_stream(self, project_id: str, user_id: str) -> tuple[list[bytes], set[int]]:
+        """The stream entries of the user in the project, and the visitor ids they carry."""
+        redis, stream = self.stores.redis, self.stores.settings.stream_key
+        found, visitors, start = [], set(), "-"
+        while True:
+            entries = await redis.xrange(stream, min=start, max="+", count=SCAN_CHUNK)
+            for entry_id, fields in entries:
+                try:
+                    row = orjson.loads(fields[FIELD])
+                except Exception:
+                    continue  # the flusher dead-letters what it cannot read
+                if row.get("project_id") == project_id and row.get("user_id") == user_id:
+                    found.append(entry_id)
+                    visitors.add(int(row.get("visitor_id") or 0))
+            if len(entries) < SCAN_CHUNK:
+                return found, visitors
+            start = "(" + entries[-1][0].decode()
+
+    async def _forget_visitors(self, project_id: str, visitors: set[int]) -> None:
+        if not visitors:
+            return
+        async with self.stores.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(f"oa:rt:{project_id}:visitors", *[str(v) for v in visitors])
+            pipe.delete(*[f"oa:sess:{project_id}:{v}" for v in visitors])
+            await pipe.execute()
+
+
+async def forgotten(redis, project_id: str) -> dict[str, int]:
+    """The project's tombstones: user id -> request time (ms). Events of those users received
+    up to that time must not be stored."""
+    found = await redis.hgetall(forget_key(project_id))
+    return {k.decode(): int(v) for k, v in found.items()} if found else {}

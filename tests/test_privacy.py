@@ -1,0 +1,213 @@
+"""Data-subject export and deletion: caps, sanitization, what deletion reaches, crashes, scopes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from openanalytics.privacy.models import PrivacyRequest
+from openanalytics.projects.models import Project
+from openanalytics.provisioning.events_schema import database_name
+from openanalytics.provisioning.projects import provision_project
+from openanalytics.worker.flush import COLUMNS, to_columns
+from tests.helpers import assert_error, stored_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime.now(UTC)
+
+
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def event(user: str, moment: datetime, **fields) -> dict:
+    return {"event_id": str(uuid.uuid4()), "event_type": "event", "event_name": "click", "timestamp": ms(moment),
+            "received_at": ms(moment), "origin": "server", "user_id": user, "visitor_id": 7 if user == "u1" else 8,
+            **fields}
+
+
+async def store(stores, tenant, events: list[dict]) -> None:
+    with stores.db.session() as session:
+        project = session.get(Project, tenant.id)
+        session.expunge(project)
+    await stores.events.run(provision_project, stores.db, stores.events, project)
+    await stores.events.run(stores.events.insert, database_name(tenant.id), "events",
+                            [to_columns(e) for e in events], COLUMNS, token=uuid.uuid4().hex)
+
+
+def only(stores, request_id: str) -> None:
+    """Earlier tests' requests share the control plane: out of the way, so workers claim this one."""
+    with stores.db.session() as session:
+        for other in session.query(PrivacyRequest).filter(PrivacyRequest.id != request_id,
+                                                          PrivacyRequest.status.in_(("queued", "running"))):
+            other.status = "failed"
+
+
+def privacy_tenant(make_tenant):
+    return make_tenant(scopes=["privacy:export", "privacy:delete", "events:write", "stats:read"])
+
+
+async def test_export_is_sanitized(client, stores, make_tenant):
+    tenant = privacy_tenant(make_tenant)
+    await store(stores, tenant, [
+        event("u1", NOW - timedelta(hours=1), url="https://a.example/account?email=ann@example.com", path="/account",
+              hostname="a.example", properties={"email": "ann@example.com", "plan": "gold-tier-x"}, country="NL",
+              browser="Firefox", revenue="12.5", currency="EUR"),
+        event("u2", NOW - timedelta(hours=2), properties={"secret": "bob"}),
+    ])
+    response = await client.get(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["event_count"] == 1 and body["truncated"] is False and body["user_id"] == "u1"
+    (exported,) = body["events"]
+    assert exported["property_keys"] == ["email", "plan"] and exported["path"] == "/account"
+    assert exported["revenue"] == "12.5000" and exported["country"] == "NL" and exported["browser"] == "Firefox"
+    text = response.text
+    for secret in ("ann@example.com", "gold-tier-x", "bob", "email=", "u2"):
+        assert secret not in text.replace('"email"', ""), secret
+    assert not {"ip", "user_agent", "url", "properties", "visitor_id", "session_id"} & set(exported)
+
+
+async def test_export_caps_at_10000_events_and_90_days(client, stores, make_tenant):
+    tenant = privacy_tenant(make_tenant)
+    recent = [event("u1", NOW - timedelta(minutes=n)) for n in range(10_001)]
+    await store(stores, tenant, recent + [event("u1", NOW - timedelta(days=91))])
+    body = (await client.get(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)).json()
+    assert body["event_count"] == 10_000 and len(body["events"]) == 10_000 and body["truncated"] is True
+    assert body["events"][0]["timestamp"] > body["events"][-1]["timestamp"]  # newest first
+    await store(stores, tenant, [event("u3", NOW - timedelta(days=91)), event("u3", NOW - timedelta(days=1))])
+    only_old_cut = (await client.get(f"/v1/projects/{tenant.id}/privacy/user/u3", headers=tenant.headers)).json()
+    assert only_old_cut["event_count"] == 1 and only_old_cut["truncated"] is True
+    nobody = (await client.get(f"/v1/projects/{tenant.id}/privacy/user/nobody", headers=tenant.headers)).json()
+    assert nobody["event_count"] == 0 and nobody["truncated"] is False
+
+
+async def test_deletion_reaches_stored_and_queued_events_and_leaves_others(client, stores, worker, make_tenant):
+    tenant = privacy_tenant(make_tenant)
+    await store(stores, tenant, [event("u1", NOW - timedelta(hours=n)) for n in range(5)]
+                + [event("u2", NOW - timedelta(hours=n)) for n in range(3)])
+    queued = [{"event_type": "event", "event_name": "late", "user_id": user} for user in ("u1", "u1", "u2")]
+    sent = await client.post(f"/v1/projects/{tenant.id}/events", json=queued, headers=tenant.headers)
+    assert sent.status_code == 202  # on the stream, not stored yet
+    await stores.redis.set(f"oa:sess:{tenant.id}:7", "1:1:7")  # session state of u1's visitor
+    await stores.redis.zadd(f"oa:rt:{tenant.id}:visitors", {"7": ms(NOW), "8": ms(NOW)})
+
+    first = await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)
+    assert first.status_code == 202, first.text
+    request = first.json()
+    assert request["status"] == "queued" and request["poll_url"] == first.headers["location"]
+    assert request["poll_url"] == f"/v1/projects/{tenant.id}/privacy/requests/{request['request_id']}"
+    again = await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)
+    assert again.status_code == 202 and again.json()["request_id"] == request["request_id"]
+    assert len(await stored_rows(stores, tenant.id, "event_id")) == 8  # nothing deleted inline
+    only(stores, request["request_id"])
+
+    assert await worker.forget() == [request["request_id"]]
+    status = (await client.get(request["poll_url"], headers=tenant.headers)).json()
+    assert status["status"] == "completed" and status["events_deleted"] == 5 and status["queued_events_deleted"] == 2
+    assert status["started_at"] and status["completed_at"] and status["error"] is None
+    await worker.drain()
+    users = sorted(user for (user,) in await stored_rows(stores, tenant.id, "user_id"))
+    assert users == ["u2"] * 4
+    assert await stores.redis.get(f"oa:sess:{tenant.id}:7") is None
+    assert await stores.redis.zrange(f"oa:rt:{tenant.id}:visitors", 0, -1) == [b"8"]
+    with stores.db.session() as session:
+        row = session.get(PrivacyRequest, request["request_id"])
+        assert row.user_id is None and len(row.user_hash) == 64  # the audit trail keeps no user id
+    third = await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)
+    assert third.json()["request_id"] != request["request_id"]  # a new request once the last one is done
+
+
+async def test_events_queued_before_the_request_are_not_stored_later(client, stores, worker, make_tenant):
+    from openanalytics.privacy.deletion import forget_key
+
+    tenant = privacy_tenant(make_tenant)
+    body = [{"event_type": "event", "event_name": "x", "user_id": "u1"}, {"event_type": "event", "event_name": "x"}]
+    assert (await client.post(f"/v1/projects/{tenant.id}/events", json=body, headers=tenant.headers)).status_code == 202
+    # A deletion that started after these were queued but before they were flushed:
+    await stores.redis.hset(forget_key(tenant.id), "u1", ms(datetime.now(UTC)) + 1000)
+    await worker.drain()
+    assert [user for (user,) in await stored_rows(stores, tenant.id, "user_id")] == [""]
+    await stores.redis.hset(forget_key(tenant.id), "u1", ms(NOW) - 60_000)  # a deletion long before
+    assert (await client.post(f"/v1/projects/{tenant.id}/events", json=body[:1], headers=tenant.headers)).status_code == 202
+    await worker.drain()
+    assert sorted(user for (user,) in await stored_rows(stores, tenant.id, "user_id")) == ["", "u1"]
+
+
+async def test_requests_of_other_tenants_and_unknown_ids_are_404(client, stores, make_tenant):
+    owner, other = privacy_tenant(make_tenant), privacy_tenant(make_tenant)
+    request = (await client.delete(f"/v1/projects/{owner.id}/privacy/user/u1", headers=owner.headers)).json()
+    assert_error(await client.get(f"/v1/projects/{other.id}/privacy/requests/{request['request_id']}",
+                                  headers=other.headers), 404, "request_not_found")
+    assert_error(await client.get(f"/v1/projects/{owner.id}/privacy/requests/prq_0000000000000000",
+                                  headers=owner.headers), 404, "request_not_found")
+    assert_error(await client.get(request["poll_url"], headers=other.headers), 404)  # not their project
+
+
+async def test_export_and_delete_need_their_own_scopes(client, make_tenant):
+    reader = make_tenant(scopes=["stats:read", "events:write", "projects:read"])
+    exporter = make_tenant(scopes=["privacy:export"])
+    assert_error(await client.get(f"/v1/projects/{reader.id}/privacy/user/u1", headers=reader.headers), 403)
+    assert_error(await client.delete(f"/v1/projects/{reader.id}/privacy/user/u1", headers=reader.headers), 403)
+    assert (await client.get(f"/v1/projects/{exporter.id}/privacy/user/u1", headers=exporter.headers)).status_code == 200
+    assert_error(await client.delete(f"/v1/projects/{exporter.id}/privacy/user/u1", headers=exporter.headers), 403)
+
+
+async def test_a_worker_killed_mid_deletion_is_finished_by_the_next(client, stores, worker, make_tenant,
+                                                                    postgres_url, clickhouse_url):
+    if stores.events.embedded:
+        pytest.skip("two processes cannot share one embedded ClickHouse")
+    from tests.conftest import REDIS_URL
+
+    tenant = privacy_tenant(make_tenant)
+    await store(stores, tenant, [event("u1", NOW - timedelta(hours=n)) for n in range(4)] + [event("u2", NOW)])
+    queued = [{"event_type": "event", "event_name": "late", "user_id": "u1"}]
+    assert (await client.post(f"/v1/projects/{tenant.id}/events", json=queued, headers=tenant.headers)).status_code == 202
+    request = (await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)).json()
+    only(stores, request["request_id"])
+
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OA_")}
+    env.update(OA_DATABASE_URL=postgres_url, OA_REDIS_URL=REDIS_URL, OA_CLICKHOUSE_URL=clickhouse_url,
+               OA_STREAM_KEY=stores.settings.stream_key)
+    died = subprocess.run([sys.executable, "-m", "tests.support.dying_deleter"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert died.returncode == 137, died.stderr
+    status = (await client.get(request["poll_url"], headers=tenant.headers)).json()
+    assert status["status"] == "running"  # claimed, half done, its worker gone
+    assert len(await stored_rows(stores, tenant.id, "event_id")) == 5  # ClickHouse not reached yet
+
+    assert await worker.forget() == []  # the lease has not run out yet
+    time.sleep(1.1)
+    assert await worker.forget() == [request["request_id"]]
+    status = (await client.get(request["poll_url"], headers=tenant.headers)).json()
+    assert status["status"] == "completed" and status["events_deleted"] == 4
+    await worker.drain()
+    assert [user for (user,) in await stored_rows(stores, tenant.id, "user_id")] == ["u2"]
+    with stores.db.session() as session:
+        assert session.get(PrivacyRequest, request["request_id"]).attempts == 2
+
+
+async def test_repeated_failures_end_as_failed_with_the_error(client, stores, worker, make_tenant, monkeypatch):
+    from openanalytics.privacy import deletion
+
+    tenant = privacy_tenant(make_tenant)
+    request = (await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)).json()
+    only(stores, request["request_id"])
+
+    async def broken(claimed):
+        raise RuntimeError("ClickHouse said no")
+
+    monkeypatch.setattr(worker.deleter, "delete_user", broken)
+    for attempt in range(deletion.MAX_ATTEMPTS):
+        assert await worker.deleter.run_once() == request["request_id"]
+        status = (await client.get(request["poll_url"], headers=tenant.headers)).json()
+        assert status["error"] == "ClickHouse said no"
+        assert status["status"] == ("failed" if attempt == deletion.MAX_ATTEMPTS - 1 else "queued")
+    assert await worker.deleter.run_once() is None
