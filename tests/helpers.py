@@ -18,6 +18,22 @@ async def stored_rows(stores: Stores, project_id: str, columns: str = "*") -> li
     return await stores.events.run(stores.events.rows, f"SELECT {columns} FROM {database_name(project_id)}.events")
 
 
+async def store_events(stores: Stores, project_id: str, events: list[dict]) -> None:
+    """Provision the project's events database and insert `events` (stream-shaped rows) as the worker would."""
+    import uuid
+
+    from openanalytics.projects.models import Project
+    from openanalytics.provisioning.projects import provision_project
+    from openanalytics.worker.flush import COLUMNS, to_columns
+
+    with stores.db.session() as session:
+        project = session.get(Project, project_id)
+        session.expunge(project)
+    await stores.events.run(provision_project, stores.db, stores.events, project)
+    await stores.events.run(stores.events.insert, database_name(project_id), "events",
+                            [to_columns(e) for e in events], COLUMNS, token=uuid.uuid4().hex)
+
+
 async def stream_length(stores: Stores) -> int:
     return await stores.redis.xlen(stores.settings.stream_key)
 

@@ -9,15 +9,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import orjson
 import pytest
 
 from openanalytics.privacy.models import PrivacyRequest
-from openanalytics.projects.models import Project
-from openanalytics.provisioning.events_schema import database_name
-from openanalytics.provisioning.projects import provision_project
-from openanalytics.worker.flush import COLUMNS, to_columns
-from tests.helpers import assert_error, stored_rows
+from tests.helpers import assert_error, store_events, stored_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime.now(UTC)
@@ -34,12 +29,7 @@ def event(user: str, moment: datetime, **fields) -> dict:
 
 
 async def store(stores, tenant, events: list[dict]) -> None:
-    with stores.db.session() as session:
-        project = session.get(Project, tenant.id)
-        session.expunge(project)
-    await stores.events.run(provision_project, stores.db, stores.events, project)
-    await stores.events.run(stores.events.insert, database_name(tenant.id), "events",
-                            [to_columns(e) for e in events], COLUMNS, token=uuid.uuid4().hex)
+    await store_events(stores, tenant.id, events)
 
 
 def only(stores, request_id: str) -> None:

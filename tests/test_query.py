@@ -19,11 +19,7 @@ from datetime import UTC, datetime, time, timedelta
 
 import pytest
 
-from openanalytics.projects.models import Project
-from openanalytics.provisioning.events_schema import database_name
-from openanalytics.provisioning.projects import provision_project
-from openanalytics.worker.flush import COLUMNS, to_columns
-from tests.helpers import assert_error
+from tests.helpers import assert_error, store_events
 
 D = datetime.now(UTC).date() - timedelta(days=2)
 DAY = D.isoformat()
@@ -58,12 +54,7 @@ EVENTS = [
 
 @pytest.fixture
 async def data(stores, tenant):
-    with stores.db.session() as session:
-        project = session.get(Project, tenant.id)
-        session.expunge(project)
-    await stores.events.run(provision_project, stores.db, stores.events, project)
-    await stores.events.run(stores.events.insert, database_name(tenant.id), "events",
-                            [to_columns(e) for e in EVENTS], COLUMNS, token=uuid.uuid4().hex)
+    await store_events(stores, tenant.id, EVENTS)
     return tenant
 
 
