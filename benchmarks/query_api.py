@@ -12,35 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 
-LOAD_SQL = """
-INSERT INTO {db}.events (event_id, event_type, event_name, timestamp, received_at, origin, visitor_id, session_id,
-                         url, hostname, path, referrer_source, country, device, browser, os, revenue, currency)
-SELECT generateUUIDv4(number), t, if(t = 'pageview', '', 'signup'), ts, ts, 'collect', intDiv(number, 15) + 1,
-       intDiv(number, 5) + 1, concat('https://shop.example', p), 'shop.example', p,
-       ['', 'Google', 'Twitter', 'Bing'][number % 4 + 1], c, ['desktop', 'mobile', 'tablet'][number % 3 + 1],
-       ['Chrome', 'Firefox', 'Safari'][number % 3 + 1], ['Windows', 'Mac OS X', 'iOS', 'Android'][number % 4 + 1],
-       if(t = 'conversion', toDecimal64(19.99, 4), NULL), if(t = 'conversion', 'EUR', '')
-FROM (
-  SELECT number,
-         multiIf(number % 50 = 49, 'conversion', number % 10 = 9, 'event', 'pageview') AS t,
-         toDateTime64({start:DateTime}, 3) + toIntervalSecond((intDiv(number, 5) * 7919) % {span:UInt32} + (number % 5) * 40) AS ts,
-         concat('/p/', toString((number * 31) % 200)) AS p,
-         ['NL', 'DE', 'US', 'GB', 'FR', 'ES', 'IT', 'SE', 'PL', 'BE', 'AT', 'CH', 'DK', 'NO', 'FI', 'IE', 'PT', 'CZ', 'JP', 'BR'][intDiv(number, 15) % 20 + 1] AS c
-  FROM numbers({events:UInt64})
-)
-"""
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
-
+from _events import embedded_project, percentile
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,41 +24,16 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        for name in [k for k in os.environ if k.startswith("OA_")]:
-            del os.environ[name]
-        os.environ.update(OA_DATA_DIR=tmp, OA_DATABASE_URL=f"sqlite:///{tmp}/q.sqlite3")
+        stores, project, key, (first, last) = embedded_project(tmp, args.events)
         import httpx
 
-        from openanalytics import migrations
         from openanalytics.app import create_app
-        from openanalytics.auth.keys import issue_key
-        from openanalytics.config import Settings
-        from openanalytics.projects.service import create_project
         from openanalytics.provisioning.events_schema import database_name
-        from openanalytics.provisioning.projects import provision_project
         from openanalytics.query.aggregate import Aggregate
         from openanalytics.query.window import Window
-        from openanalytics.runtime import Stores
 
-        stores = Stores.open(Settings())
-        migrations.upgrade(stores.db.engine)
-        with stores.db.session() as session:
-            project = create_project(session, "bench", "business", [])
-            key = issue_key(session, project.id, "bench", None)
-            session.flush()
-            session.expunge(project)
         store = stores.events
-        store.call(provision_project, stores.db, store, project)
-        today = datetime.now(UTC).date()
-        first, last = today - timedelta(days=29), today
-        started = time.perf_counter()
-        store.call(store.command, LOAD_SQL.replace("{db}", database_name(project.id)), {
-            "start": datetime.combine(first, datetime.min.time()), "span": 30 * 86400 - 300, "events": args.events})
-        store.call(store.command, f"OPTIMIZE TABLE {database_name(project.id)}.events FINAL")
-        loaded = time.perf_counter() - started
-        (count,) = store.call(store.rows, f"SELECT count() FROM {database_name(project.id)}.events")[0]
-        print(f"\nloaded {count:,} events in {loaded:.0f} s; {args.runs} runs each, alternating API and SQL\n")
-
+        print(f"; {args.runs} runs each, alternating API and SQL\n")
         table, span = f"{database_name(project.id)}.events", Window(first, last, "UTC")
         queries = {
             "stats (all metrics)": ("stats", {}, [Aggregate(table, span, [], [

@@ -7,8 +7,8 @@ next worker starts the request over. Every step is idempotent:
    flusher drop the user's events received up to the request instead of storing them.
 2. The user's events still in the ingest stream are deleted from it.
 3. Their realtime and session state (keyed by the visitor ids their events carry) is removed.
-4. Their stored events are deleted from ClickHouse (a synchronous mutation, so the parts
-   are rewritten, not just masked).
+4. Their stored events are deleted from ClickHouse (a mutation, so the parts are
+   rewritten, not just masked), waited for until done.
 5. Nothing may remain in ClickHouse or the stream; otherwise the attempt fails and the
    request is tried again (an insert that was already under way can land after step 4).
 
@@ -38,6 +38,7 @@ LEASE = timedelta(minutes=5)
 MAX_ATTEMPTS = 5
 TOMBSTONE_SECONDS = 24 * 3600  # far longer than any event waits in the stream
 SCAN_CHUNK = 1000
+MUTATION_POLL_SECONDS = 0.2
 
 
 def forget_key(project_id: str) -> str:
@@ -133,8 +134,7 @@ class Deleter:
             ((stored,),) = await store.run(store.rows, f"SELECT count() FROM {table} WHERE user_id = {{user:String}}",
                                            params)
             if stored:
-                await store.run(store.command, f"ALTER TABLE {table} DELETE WHERE user_id = {{user:String}} "
-                                               "SETTINGS mutations_sync = 2", params)
+                await self._mutate(table, params)
         await self._forget_visitors(project_id, visitors - {0})
         # Verify: nothing stored, nothing queued.
         if table is not None:
@@ -146,6 +146,23 @@ class Deleter:
         if again:
             raise RuntimeError(f"{len(again)} events of the user are still queued")
         return stored, len(queued_ids)
+
+    async def _mutate(self, table: str, params: dict) -> None:
+        """Delete the user's rows with a mutation (parts are rewritten, not just masked), waiting for it
+        in short polls rather than one long call: the embedded engine serves every query on one
+        thread, and a call that waits for the mutation would hold up every query meanwhile."""
+        store, (database, name) = self.stores.events, table.split(".")
+        await store.run(store.command, f"ALTER TABLE {table} DELETE WHERE user_id = {{user:String}}", params)
+        while True:
+            ((running, failure),) = await store.run(store.rows, (
+                "SELECT countIf(NOT is_done), anyIf(latest_fail_reason, NOT is_done AND latest_fail_reason != '') "
+                "FROM system.mutations WHERE database = {db:String} AND table = {name:String}"),
+                {"db": database, "name": name})
+            if not running:
+                return
+            if failure:
+                raise RuntimeError(f"the deletion mutation fails: {failure[:500]}")
+            await asyncio.sleep(MUTATION_POLL_SECONDS)
 
     def _table(self, project_id: str) -> str | None:
         with self.stores.db.session() as session:
