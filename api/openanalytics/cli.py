@@ -111,6 +111,22 @@ def serve(host: str | None, port: int | None) -> None:
 
 
 @main.command()
+@click.option("--namespace", "namespaces", multiple=True, help="Watch this namespace (repeatable).")
+@click.option("--all-namespaces", "clusterwide", is_flag=True, help="Watch every namespace.")
+@click.option("--liveness", default=None, help="Serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz.")
+def operator(namespaces: tuple[str, ...], clusterwide: bool, liveness: str | None) -> None:
+    """Reconcile AnalyticsProject objects (the kopf operator; the same as `kopf run -m openanalytics_operator`)."""
+    import kopf
+
+    import openanalytics_operator.handlers  # noqa: F401  (registers the handlers)
+
+    if not namespaces and not clusterwide:
+        raise click.UsageError("give --namespace NAME (repeatable) or --all-namespaces")
+    kopf.configure(verbose=False)
+    kopf.run(standalone=True, namespaces=namespaces, clusterwide=clusterwide, liveness_endpoint=liveness)
+
+
+@main.command()
 def worker() -> None:
     """Drain the ingest stream into ClickHouse and keep projects provisioned."""
     from openanalytics.runtime import Stores

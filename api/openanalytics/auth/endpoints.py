@@ -14,6 +14,7 @@ from openanalytics.auth.principals import announce_change
 from openanalytics.auth.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
 from openanalytics.errors import Forbidden, NotFound
 from openanalytics.openapi import error_responses
+from openanalytics.stores.sql import utcnow
 
 router = APIRouter(tags=["API keys"])
 
@@ -76,7 +77,7 @@ async def revoke_api_key(
             beyond = sorted(set(key.scopes) - access.principal.scopes)
             if beyond:
                 raise Forbidden(f"This API key cannot revoke a key with scopes it lacks: {', '.join(beyond)}.")
-            changed = key.revoked_at is None
+            changed = key.revoked_at is None or key.revoked_at > utcnow()
             return KeyOut.of(revoke_key(session, key_id)), changed
 
     revoked, changed = await run_in_threadpool(revoke)

@@ -80,7 +80,10 @@ def find_active_key(session: Session, secret: str) -> ApiKey | None:
     digest = hash_secret(secret)
     key = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
     # The lookup is by hash of a high-entropy secret; the comparison is constant time anyway.
-    if key is None or not hmac.compare_digest(key.key_hash, digest) or key.revoked_at is not None:
+    if key is None or not hmac.compare_digest(key.key_hash, digest):
+        return None
+    # A revocation time in the future is a rotated key's grace period: still valid until then.
+    if key.revoked_at is not None and key.revoked_at <= utcnow():
         return None
     return key
 
@@ -92,7 +95,7 @@ def list_keys(session: Session, project_id: str) -> list[ApiKey]:
 
 def revoke_key(session: Session, key_id: str) -> ApiKey | None:
     key = session.get(ApiKey, key_id)
-    if key is not None and key.revoked_at is None:
+    if key is not None and (key.revoked_at is None or key.revoked_at > utcnow()):  # also ends a grace period
         key.revoked_at = utcnow()
         session.flush()
     return key
