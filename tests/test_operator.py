@@ -251,3 +251,58 @@ async def _gone(k8s, path: str) -> bool:
 async def _phase(k8s, name: str, phase: str):
     found = await get(k8s, f"{BASE}/{name}")
     return found if (found or {}).get("status", {}).get("phase") == phase else None
+
+
+# -- the CRD's schema and the handler's failure reporting ------------------------------------
+
+
+def crd_schema() -> dict:
+    import yaml
+
+    crd = yaml.safe_load((ROOT / "crds" / "analyticsproject.yaml").read_text())
+    (version,) = crd["spec"]["versions"]
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Plan", "Phase", "Site ID", "Age"]
+    assert crd["spec"]["names"]["shortNames"] == ["oap"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+@pytest.mark.parametrize(("spec", "valid"), [
+    ({"plan": "pro", "domains": ["shop.example", "blog.shop.example"], "limits": {"retentionDays": 400},
+      "apiKeys": [{"name": "backend", "scopes": ["events:write"]}], "deletionPolicy": "Delete"}, True),
+    ({"plan": "free"}, True),
+    ({"plan": "gold"}, False),
+    ({"plan": "pro", "domains": ["Shop.Example"]}, False),
+    ({"plan": "pro", "domains": ["https://shop.example"]}, False),
+    ({"plan": "pro", "limits": {"apiRequestsPerMinute": 0}}, False),
+    ({"plan": "pro", "limits": {"retentionDays": -1}}, False),
+    ({"plan": "pro", "apiKeys": [{"name": "Back_End"}]}, False),
+    ({"plan": "pro", "apiKeys": [{"name": "a", "scopes": ["admin"]}]}, False),
+    ({"plan": "pro", "deletionPolicy": "Shred"}, False),
+    ({}, False),
+])
+def test_the_crd_schema_refuses_bad_specs(spec, valid):
+    import jsonschema
+
+    body = {"apiVersion": "openanalytics.io/v1alpha1", "kind": "AnalyticsProject", "metadata": {"name": "x"}, "spec": spec}
+    errors = list(jsonschema.Draft7Validator(crd_schema()).iter_errors(body))
+    assert (not errors) is valid, errors
+    if valid:
+        tenants.TenantSpec.parse("x", spec)  # what the schema lets through, the operator understands
+
+
+async def test_a_store_outage_shows_in_status_and_is_retried(stores):
+    import kopf
+
+    from openanalytics.runtime import Stores
+    from openanalytics.stores.sql import Database
+    from openanalytics_operator import handlers
+
+    down = Stores(settings=stores.settings, db=Database("postgresql+psycopg://oa@127.0.0.1:1/none"),
+                  redis=stores.redis, events=stores.events)
+    patch, memo = kopf.Patch(), kopf.Memo(stores=down)
+    with pytest.raises(kopf.TemporaryError):
+        await handlers._reconcile({}, {"plan": "free"}, {"generation": 3}, "shop", "default", "uid-down", {}, patch,
+                                  memo)
+    assert patch["status"]["phase"] == "Pending" and patch["status"]["observedGeneration"] == 3
+    assert {c["reason"] for c in patch["status"]["conditions"]} == {"StoreUnavailable"}

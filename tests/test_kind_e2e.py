@@ -1,0 +1,121 @@
+"""End to end on a real cluster: kind, the CRD, the operator, the API answering the operator's keys.
+
+Runs where Docker, kind and kubectl exist (`scripts/kind-e2e`); elsewhere it skips and says
+why. The operator runs beside the cluster with its kubeconfig (the image and the in-cluster
+Deployment come with the Helm chart).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from openanalytics.provisioning import tenants
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUSTER = "oa-e2e"
+
+
+def _missing() -> str | None:
+    for tool in ("docker", "kind", "kubectl"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        return "the Docker daemon does not answer"
+    return None
+
+
+pytestmark = [pytest.mark.kind, pytest.mark.skipif(_missing() is not None, reason=f"kind end-to-end: {_missing()}")]
+
+
+def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
+    done = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), *args], input=stdin, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def wait_for(check, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def kind_cluster(tmp_path_factory):
+    kubeconfig = tmp_path_factory.mktemp("kind") / "kubeconfig"
+    subprocess.run(["kind", "delete", "cluster", "--name", CLUSTER], capture_output=True)
+    subprocess.run(["kind", "create", "cluster", "--name", CLUSTER, "--kubeconfig", str(kubeconfig), "--wait", "120s"],
+                   check=True, timeout=600)
+    try:
+        kubectl(kubeconfig, "apply", "-f", str(ROOT / "crds" / "analyticsproject.yaml"))
+        kubectl(kubeconfig, "wait", "--for", "condition=Established", "crd/analyticsprojects.openanalytics.io")
+        yield kubeconfig
+    finally:
+        subprocess.run(["kind", "delete", "cluster", "--name", CLUSTER], capture_output=True, timeout=300)
+
+
+async def test_the_operator_story_on_kind(kind_cluster, stores, client, postgres_url, clickhouse_url, tmp_path):
+    if stores.events.embedded:
+        pytest.skip("the operator process and the test need shared (server) stores")
+    from tests.conftest import REDIS_URL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OA_")}
+    env.update(OA_DATABASE_URL=postgres_url, OA_REDIS_URL=REDIS_URL, OA_CLICKHOUSE_URL=clickhouse_url,
+               KUBECONFIG=str(kind_cluster), OA_OPERATOR_DRIFT_SECONDS="2")
+    log = tmp_path / "operator.log"
+    with log.open("wb") as out:
+        operator = subprocess.Popen([sys.executable, "-m", "openanalytics.cli", "operator", "--namespace", "default"],
+                                    env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        with pytest.raises(AssertionError):  # admission: the schema refuses a bad plan
+            kubectl(kind_cluster, "apply", "-f", "-", stdin=_manifest("bad", {"plan": "gold"}))
+        kubectl(kind_cluster, "apply", "-f", "-", stdin=_manifest("shop", {
+            "plan": "free", "deletionPolicy": "Delete", "apiKeys": [{"name": "backend"}]}))
+
+        def shop():
+            found = json.loads(kubectl(kind_cluster, "get", "analyticsproject", "shop", "-o", "json"))
+            return found if found.get("status", {}).get("phase") == "Ready" else None
+
+        status = wait_for(shop, what="Ready")["status"]
+        assert "shop" in kubectl(kind_cluster, "get", "oap")  # short name and printer columns
+        secret = json.loads(kubectl(kind_cluster, "get", "secret", "shop-backend", "-o", "json"))
+        key = base64.b64decode(secret["data"]["apiKey"]).decode()
+        headers = {"Authorization": f"Bearer {key}"}
+        assert (await client.get(f"/v1/projects/{status['projectId']}", headers=headers)).status_code == 200
+
+        kubectl(kind_cluster, "patch", "analyticsproject", "shop", "--type", "merge", "-p", '{"spec": {"plan": "pro"}}')
+        wait_for(lambda: (shop() or {}).get("status", {}).get("limits", {}).get("retention_days") == 365, what="pro")
+        kubectl(kind_cluster, "delete", "secret", "shop-backend")
+        wait_for(lambda: subprocess.run(["kubectl", "--kubeconfig", str(kind_cluster), "get", "secret", "shop-backend"],
+                                        capture_output=True).returncode == 0, what="the Secret to come back")
+
+        kubectl(kind_cluster, "delete", "analyticsproject", "shop", "--wait=true", "--timeout=120s")
+        time.sleep(1.1)
+        assert (await client.get(f"/v1/projects/{status['projectId']}", headers=headers)).status_code == 401
+        assert not tenants.database_exists(stores.events, status["projectId"])
+    finally:
+        operator.send_signal(signal.SIGINT)
+        try:
+            operator.wait(30)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+        print(log.read_text()[-6000:])
+
+
+def _manifest(name: str, spec: dict) -> str:
+    return json.dumps({"apiVersion": "openanalytics.io/v1alpha1", "kind": "AnalyticsProject",
+                       "metadata": {"name": name, "namespace": "default"}, "spec": spec})
