@@ -53,8 +53,13 @@ def _now() -> str:
 
 
 class FilledEmulator(kmock.KubernetesEmulator):
+    # kmock keeps every request for assertions and scans them all on each new one (quadratic);
+    # a long-running emulator (the benchmark's) keeps only the latest.
+    request_memory: int | None = None
 
     async def _handle(self, request: kmock.Request):  # type: ignore[override]
+        if self.request_memory and len(self._requests) > self.request_memory:
+            del self._requests[:-self.request_memory]
         if request.resource is not None and request.data is not None:
             self._fill(request)
         try:
@@ -143,10 +148,22 @@ def declare_resources(emu: kmock.KubernetesEmulator) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serve_emulator(host: str = '127.0.0.1', port: int | None = None
+async def serve_emulator(host: str = '127.0.0.1', port: int | None = None, request_memory: int | None = None
                          ) -> AsyncIterator[tuple[FilledEmulator, str]]:
     emu = FilledEmulator()
+    emu.request_memory = request_memory
     declare_resources(emu)
     async with emu, kmock.Server(emu, host=host, port=port) as server:
         yield emu, str(server.url).rstrip('/')
 
+
+
+if __name__ == "__main__":  # the emulator in a process of its own: python -m tests.support.kmock_k8s
+    import asyncio
+
+    async def _serve() -> None:
+        async with serve_emulator(request_memory=200) as (_, url):
+            print(f"LISTENING {url}", flush=True)
+            await asyncio.Event().wait()
+
+    asyncio.run(_serve())
