@@ -227,6 +227,16 @@ async def test_the_operator_runs_an_analytics_project_through_its_life(cluster, 
 
 async def test_kept_data_and_invalid_specs(cluster, stores):
     k8s = cluster
+    foreign = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "taken-backend"},
+               "data": {"password": base64.b64encode(b"not yours").decode()}}
+    assert (await k8s.post(SECRETS, json=foreign)).status_code in (200, 201)
+    created = await k8s.post(BASE, json={"apiVersion": "openanalytics.io/v1alpha1", "kind": "AnalyticsProject",
+                                         "metadata": {"name": "taken"},
+                                         "spec": {"plan": "free", "apiKeys": [{"name": "backend"}]}})
+    assert created.status_code in (200, 201), created.text
+    taken = await eventually(lambda: _phase(k8s, "taken", "Invalid"), what="taken Invalid")
+    assert taken["status"]["conditions"][0]["reason"] == "SecretConflict"
+    assert await secret_of(k8s, "taken-backend") == {"password": "not yours"}, "someone else's Secret is untouched"
     for name, spec in (("kept", {"plan": "free", "deletionPolicy": "Keep"}), ("odd", {"plan": "gold"})):
         created = await k8s.post(BASE, json={"apiVersion": "openanalytics.io/v1alpha1", "kind": "AnalyticsProject",
                                              "metadata": {"name": name}, "spec": spec})
@@ -279,13 +289,15 @@ def crd_schema() -> dict:
     ({"plan": "pro", "apiKeys": [{"name": "Back_End"}]}, False),
     ({"plan": "pro", "apiKeys": [{"name": "a", "scopes": ["admin"]}]}, False),
     ({"plan": "pro", "deletionPolicy": "Shred"}, False),
-    ({}, False),
+    ({}, True),  # the API server fills in the default plan
 ])
 def test_the_crd_schema_refuses_bad_specs(spec, valid):
     import jsonschema
 
     body = {"apiVersion": "openanalytics.io/v1alpha1", "kind": "AnalyticsProject", "metadata": {"name": "x"}, "spec": spec}
-    errors = list(jsonschema.Draft7Validator(crd_schema()).iter_errors(body))
+    schema = crd_schema()
+    assert schema["properties"]["spec"]["properties"]["plan"]["default"] == "free"
+    errors = list(jsonschema.Draft7Validator(schema).iter_errors(body))
     assert (not errors) is valid, errors
     if valid:
         tenants.TenantSpec.parse("x", spec)  # what the schema lets through, the operator understands

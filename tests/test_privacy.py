@@ -82,7 +82,8 @@ async def test_export_caps_at_10000_events_and_90_days(client, stores, make_tena
 async def test_deletion_reaches_stored_and_queued_events_and_leaves_others(client, stores, worker, make_tenant):
     tenant = privacy_tenant(make_tenant)
     await store(stores, tenant, [event("u1", NOW - timedelta(hours=n)) for n in range(5)]
-                + [event("u2", NOW - timedelta(hours=n)) for n in range(3)])
+                + [event("u2", NOW - timedelta(hours=n)) for n in range(3)]
+                + [event("u1", NOW + timedelta(hours=1))])  # received after the request: theirs to keep
     queued = [{"event_type": "event", "event_name": "late", "user_id": user} for user in ("u1", "u1", "u2")]
     sent = await client.post(f"/v1/projects/{tenant.id}/events", json=queued, headers=tenant.headers)
     assert sent.status_code == 202  # on the stream, not stored yet
@@ -96,7 +97,7 @@ async def test_deletion_reaches_stored_and_queued_events_and_leaves_others(clien
     assert request["poll_url"] == f"/v1/projects/{tenant.id}/privacy/requests/{request['request_id']}"
     again = await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)
     assert again.status_code == 202 and again.json()["request_id"] == request["request_id"]
-    assert len(await stored_rows(stores, tenant.id, "event_id")) == 8  # nothing deleted inline
+    assert len(await stored_rows(stores, tenant.id, "event_id")) == 9  # nothing deleted inline
     only(stores, request["request_id"])
 
     assert await worker.forget() == [request["request_id"]]
@@ -105,7 +106,7 @@ async def test_deletion_reaches_stored_and_queued_events_and_leaves_others(clien
     assert status["started_at"] and status["completed_at"] and status["error"] is None
     await worker.drain()
     users = sorted(user for (user,) in await stored_rows(stores, tenant.id, "user_id"))
-    assert users == ["u2"] * 4
+    assert users == ["u1"] + ["u2"] * 4  # u1's event after the request stays
     assert await stores.redis.get(f"oa:sess:{tenant.id}:7") is None
     assert await stores.redis.zrange(f"oa:rt:{tenant.id}:visitors", 0, -1) == [b"8"]
     with stores.db.session() as session:

@@ -15,7 +15,7 @@ import kopf
 from openanalytics.config import Settings
 from openanalytics.provisioning import tenants
 from openanalytics.runtime import Stores
-from openanalytics_operator.kube import Kube, encoded, secret_value
+from openanalytics_operator.kube import Kube, SecretConflict, encoded, secret_value
 
 GROUP, VERSION, PLURAL = "openanalytics.io", "v1alpha1", "analyticsprojects"
 FINALIZER = "openanalytics.io/finalizer"
@@ -24,12 +24,14 @@ GRACE = "openanalytics.io/rotation-grace-seconds"  # how long the old secrets ke
 DEFAULT_GRACE = 3600
 DRIFT_SECONDS = float(os.environ.get("OA_OPERATOR_DRIFT_SECONDS", "60"))
 MANAGED_BY = {"app.kubernetes.io/managed-by": "openanalytics-operator"}
+OWNER = "openanalytics.io/owner-uid"  # on our Secrets: only those are ever changed or deleted
+KUBE = Kube()  # one client for every handler, its credentials renewed in place by each login
 
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
-    settings.posting.level = logging.INFO
+    settings.posting.level = logging.WARNING  # no Event per timer run; our reasons go out via kopf.event
     settings.watching.server_timeout = 60
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
     memo.stores = Stores.open(Settings())
@@ -42,16 +44,12 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await stores.close()
 
 
-def _kube(memo: kopf.Memo) -> Kube:
-    return memo.kube
-
-
 @kopf.on.login(retries=3)
 def login(memo: kopf.Memo, logger: logging.Logger, **kwargs: Any) -> kopf.ConnectionInfo | None:
     """kopf's own ways in (service account in a pod, else kubeconfig); the Secret client shares them."""
     info = kopf.login_with_service_account(logger=logger, **kwargs) or kopf.login_with_kubeconfig(logger=logger, **kwargs)
     if info is not None:
-        memo.kube = Kube(info)
+        KUBE.use(info)
     return info
 
 
@@ -67,6 +65,14 @@ def _conditions(status: kopf.Status, *wanted: tuple[str, bool, str, str]) -> lis
         found.append({"type": kind, "status": state, "reason": reason, "message": message[:500],
                       "lastTransitionTime": since or now})
     return found
+
+
+def _note(body, reason: str, message: str) -> None:
+    kopf.event(body, type="Normal", reason=reason, message=message)
+
+
+def _owned(uid: str) -> str:
+    return f"app.kubernetes.io/managed-by=openanalytics-operator,{OWNER}={uid}"
 
 
 def _secret_name(name: str, key: str) -> str:
@@ -103,6 +109,7 @@ async def _reconcile(body, spec, meta, name, namespace, uid, status, patch, memo
     patch.status["observedGeneration"] = meta.get("generation")
     try:
         wanted = tenants.TenantSpec.parse(name, dict(spec))
+        grace = _grace(meta)
     except tenants.InvalidSpec as exc:
         # The schema should have refused it; retrying cannot help, so say so and stop.
         patch.status.update(phase="Invalid", conditions=_conditions(status, ("Ready", False, "InvalidSpec", str(exc))))
@@ -111,9 +118,14 @@ async def _reconcile(body, spec, meta, name, namespace, uid, status, patch, memo
         return
     try:
         done = await _store(memo, tenants.apply, memo.stores.db, memo.stores.events, project_id, wanted)
-        secrets = await _keys(memo, body, meta, name, namespace, project_id, done, wanted, status)
+        secrets = await _keys(memo, body, meta, name, namespace, uid, project_id, done, wanted, status, grace)
     except kopf.TemporaryError:
         raise
+    except SecretConflict as exc:  # someone else's Secret has the name: waiting will not help
+        patch.status.update(phase="Invalid", conditions=_conditions(status, ("Ready", False, "SecretConflict", str(exc))))
+        if not quiet:
+            kopf.warn(body, reason="SecretConflict", message=str(exc))
+        return
     except Exception as exc:  # a store is down: say so, and let kopf retry with backoff
         patch.status.update(phase="Pending", conditions=_conditions(
             status, ("Ready", False, "StoreUnavailable", str(exc)), ("Provisioned", False, "StoreUnavailable", str(exc))))
@@ -126,15 +138,20 @@ async def _reconcile(body, spec, meta, name, namespace, uid, status, patch, memo
     if meta.get("annotations", {}).get(ROTATE):
         patch.status["rotatedFor"] = meta["annotations"][ROTATE]
     if not quiet:
-        kopf.info(body, reason="Provisioned", message=f"project {done.project_id} ready on plan {wanted.plan}")
+        _note(body, "Provisioned", f"project {done.project_id} ready on plan {wanted.plan}")
 
 
-async def _keys(memo, body, meta, name, namespace, project_id, done, wanted, status) -> list[str]:
-    kube = _kube(memo)
-    annotations = meta.get("annotations", {})
-    rotation = annotations.get(ROTATE)
+def _grace(meta: kopf.Meta) -> timedelta:
+    text = meta.get("annotations", {}).get(GRACE, str(DEFAULT_GRACE))
+    if not text.isdigit():
+        raise tenants.InvalidSpec(f"{GRACE} must be a whole number of seconds, not {text!r}")
+    return timedelta(seconds=int(text))
+
+
+async def _keys(memo, body, meta, name, namespace, uid, project_id, done, wanted, status, grace) -> list[str]:
+    kube = KUBE
+    rotation = meta.get("annotations", {}).get(ROTATE)
     rotate = bool(rotation) and rotation != status.get("rotatedFor")
-    grace = timedelta(seconds=int(annotations.get(GRACE, DEFAULT_GRACE)))
     names = []
     for key in wanted.keys:
         secret_name = _secret_name(name, key.name)
@@ -147,16 +164,16 @@ async def _keys(memo, body, meta, name, namespace, project_id, done, wanted, sta
         manifest = {
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": secret_name, "namespace": namespace, "labels": {
-                **MANAGED_BY, "app.kubernetes.io/instance": name, "openanalytics.io/key": key.name}},
+                **MANAGED_BY, OWNER: uid, "app.kubernetes.io/instance": name, "openanalytics.io/key": key.name}},
             "data": encoded({"apiKey": secret, "projectId": done.project_id, "siteId": done.site_id}),
         }
         kopf.adopt(manifest, owner=body)  # garbage-collected with the AnalyticsProject
-        await kube.put_secret(namespace, manifest)
-        kopf.info(body, reason="KeyRotated" if rotate else "KeyIssued",
-                  message=f"Secret {secret_name}" + (f"; the old secret works for {grace}" if rotate and valid else ""))
+        await kube.put_secret(namespace, manifest, (OWNER, uid))
+        _note(body, "KeyRotated" if rotate else "KeyIssued",
+              f"Secret {secret_name}" + (f"; the old secret works for {grace}" if rotate and valid else ""))
     listed = {k.name for k in wanted.keys}
     await _store(memo, tenants.retire_unlisted, memo.stores.db, project_id, listed)
-    for secret in await kube.list_secrets(namespace, f"app.kubernetes.io/instance={name}"):
+    for secret in await kube.list_secrets(namespace, _owned(uid)):
         key_name = secret["metadata"].get("labels", {}).get("openanalytics.io/key")
         if key_name and key_name not in listed:
             await kube.delete_secret(namespace, secret["metadata"]["name"])
@@ -170,7 +187,6 @@ async def delete(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, ui
     policy = spec.get("deletionPolicy", "Keep")
     project_id = tenants.project_id_for(uid)
     await _store(memo, tenants.retire, memo.stores.db, memo.stores.events, project_id, policy)
-    kube = _kube(memo)
-    for secret in await kube.list_secrets(namespace, f"app.kubernetes.io/instance={name}"):
-        await kube.delete_secret(namespace, secret["metadata"]["name"])
-    kopf.info(body, reason="Retired", message=f"keys revoked; data {'dropped' if policy == 'Delete' else 'kept'}")
+    for secret in await KUBE.list_secrets(namespace, _owned(uid)):
+        await KUBE.delete_secret(namespace, secret["metadata"]["name"])
+    _note(body, "Retired", f"keys revoked; data {'dropped' if policy == 'Delete' else 'kept'}")

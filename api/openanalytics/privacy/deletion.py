@@ -4,13 +4,14 @@ A request is claimed with a lease; a worker that dies leaves the lease to run ou
 next worker starts the request over. Every step is idempotent:
 
 1. A tombstone (Redis hash `oa:forget:<project>`: user id -> request time) makes the
-   flusher drop the user's events received up to the request instead of storing them.
+   flusher drop the user's events received up to the request instead of storing them;
+   then batches a worker read before the tombstone existed are waited out.
 2. The user's events still in the ingest stream are deleted from it.
 3. Their realtime and session state (keyed by the visitor ids their events carry) is removed.
 4. Their stored events are deleted from ClickHouse (a mutation, so the parts are
-   rewritten, not just masked), waited for until done.
-5. Nothing may remain in ClickHouse or the stream; otherwise the attempt fails and the
-   request is tried again (an insert that was already under way can land after step 4).
+   rewritten, not just masked), waited for by watching their rows.
+5. Nothing received up to the request may remain in ClickHouse or the stream; otherwise
+   the attempt fails and the request is tried again.
 
 Only then is the request completed. The user id is then cleared from the request row:
 the audit trail keeps its hash, the counts and the times.
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import orjson
+from redis.exceptions import ResponseError
 from sqlalchemy import func, or_, select, update
 
 from openanalytics.ingest.buffer import FIELD
@@ -39,6 +41,8 @@ MAX_ATTEMPTS = 5
 TOMBSTONE_SECONDS = 24 * 3600  # far longer than any event waits in the stream
 SCAN_CHUNK = 1000
 MUTATION_POLL_SECONDS = 0.2
+MUTATION_SECONDS = 600  # then the attempt fails and is retried
+IN_FLIGHT_SECONDS = 30
 
 
 def forget_key(project_id: str) -> str:
@@ -51,6 +55,7 @@ class Claimed:
     project_id: str
     user_id: str
     requested_ms: int
+    attempt: int  # fences the outcome: a worker whose lease ran out must not overwrite a later one
 
 
 class Deleter:
@@ -73,23 +78,40 @@ class Deleter:
                     row.error = row.error or "gave up"
                     continue
                 # Optimistic: whoever bumps `attempts` from the value it read owns the request.
+                attempt = row.attempts + 1
                 taken = session.execute(update(PrivacyRequest).where(
                     PrivacyRequest.id == row.id, PrivacyRequest.attempts == row.attempts,
-                ).values(status="running", lease_until=now + self.lease, attempts=row.attempts + 1,
+                ).values(status="running", lease_until=now + self.lease, attempts=attempt,
                          started_at=func.coalesce(PrivacyRequest.started_at, now)))
                 if taken.rowcount == 1:
-                    return Claimed(row.id, row.project_id, row.user_id or "", int(row.created_at.timestamp() * 1000))
+                    return Claimed(row.id, row.project_id, row.user_id or "", int(row.created_at.timestamp() * 1000),
+                                   attempt)
         return None
+
+    def _mine(self, session, claimed: Claimed) -> PrivacyRequest | None:
+        row = session.get(PrivacyRequest, claimed.id)
+        return row if row is not None and row.status == "running" and row.attempts == claimed.attempt else None
+
+    def _renew(self, claimed: Claimed) -> None:
+        with self.stores.db.session() as session:
+            row = self._mine(session, claimed)
+            if row is None:
+                raise RuntimeError("the request was taken over (its lease ran out)")
+            row.lease_until = datetime.now(UTC) + self.lease
 
     def _finish(self, claimed: Claimed, stored: int, queued: int) -> None:
         with self.stores.db.session() as session:
-            row = session.get(PrivacyRequest, claimed.id)
+            row = self._mine(session, claimed)
+            if row is None:
+                return
             row.status, row.completed_at, row.lease_until = "completed", datetime.now(UTC), None
             row.events_deleted, row.queued_events_deleted, row.error, row.user_id = stored, queued, None, None
 
     def _failed(self, claimed: Claimed, error: str) -> None:
         with self.stores.db.session() as session:
-            row = session.get(PrivacyRequest, claimed.id)
+            row = self._mine(session, claimed)
+            if row is None:
+                return
             row.error = error[:2000]
             if row.attempts >= MAX_ATTEMPTS:
                 row.status, row.completed_at, row.lease_until, row.user_id = "failed", datetime.now(UTC), None, None
@@ -114,54 +136,69 @@ class Deleter:
         return claimed.id
 
     async def delete_user(self, claimed: Claimed) -> tuple[int, int]:
-        """(stored events deleted, queued events deleted). Raises if anything remains."""
+        """(stored events deleted, queued events deleted). Raises if anything remains.
+
+        Only events received up to the request count: a user who goes on using the product
+        afterwards is not a failed deletion.
+        """
         redis, project_id, user_id = self.stores.redis, claimed.project_id, claimed.user_id
         if not user_id:
             raise RuntimeError("the request has no user id")
         await redis.hset(forget_key(project_id), user_id, claimed.requested_ms)
         await redis.expire(forget_key(project_id), TOMBSTONE_SECONDS)
-        queued_ids, visitors = await self._in_stream(project_id, user_id)
+        await self._in_flight_settled(claimed.requested_ms)
+        queued_ids, visitors = await self._in_stream(project_id, user_id, claimed.requested_ms)
         if queued_ids:
             await redis.xdel(self.stores.settings.stream_key, *queued_ids)
         table = await asyncio.to_thread(self._table, project_id)
         stored = 0
         if table is not None:
             store = self.stores.events
-            params = {"user": user_id}
-            rows = await store.run(store.rows, f"SELECT DISTINCT visitor_id FROM {table} WHERE user_id = {{user:String}}",
-                                   params)
+            params = {"user": user_id, "until": datetime.fromtimestamp(claimed.requested_ms / 1000, UTC)}
+            mine = f"{table} WHERE user_id = {{user:String}} AND received_at <= {{until:DateTime64(3, 'UTC')}}"
+            rows = await store.run(store.rows, f"SELECT DISTINCT visitor_id FROM {mine}", params)
             visitors |= {visitor for (visitor,) in rows}
-            ((stored,),) = await store.run(store.rows, f"SELECT count() FROM {table} WHERE user_id = {{user:String}}",
-                                           params)
+            ((stored,),) = await store.run(store.rows, f"SELECT count() FROM {mine}", params)
             if stored:
-                await self._mutate(table, params)
+                await store.run(store.command, f"ALTER TABLE {table} DELETE WHERE user_id = {{user:String}} "
+                                               "AND received_at <= {until:DateTime64(3, 'UTC')}", params)
+                await self._gone(claimed, f"SELECT count() FROM {mine}", params)
         await self._forget_visitors(project_id, visitors - {0})
-        # Verify: nothing stored, nothing queued.
-        if table is not None:
-            ((left,),) = await store.run(store.rows, f"SELECT count() FROM {table} WHERE user_id = {{user:String}}",
-                                         params)
-            if left:
-                raise RuntimeError(f"{left} events of the user are still stored (an insert was under way)")
-        again, _ = await self._in_stream(project_id, user_id)
+        again, _ = await self._in_stream(project_id, user_id, claimed.requested_ms)
         if again:
             raise RuntimeError(f"{len(again)} events of the user are still queued")
         return stored, len(queued_ids)
 
-    async def _mutate(self, table: str, params: dict) -> None:
-        """Delete the user's rows with a mutation (parts are rewritten, not just masked), waiting for it
-        in short polls rather than one long call: the embedded engine serves every query on one
-        thread, and a call that waits for the mutation would hold up every query meanwhile."""
-        store, (database, name) = self.stores.events, table.split(".")
-        await store.run(store.command, f"ALTER TABLE {table} DELETE WHERE user_id = {{user:String}}", params)
+    async def _in_flight_settled(self, requested_ms: int) -> None:
+        """Wait until no worker holds, read but not yet stored, an event that arrived before the request:
+        such a batch read the tombstones before they were written and could land after the deletion."""
+        from openanalytics.worker.flush import GROUP
+
+        deadline = asyncio.get_running_loop().time() + IN_FLIGHT_SECONDS
         while True:
-            ((running, failure),) = await store.run(store.rows, (
-                "SELECT countIf(NOT is_done), anyIf(latest_fail_reason, NOT is_done AND latest_fail_reason != '') "
-                "FROM system.mutations WHERE database = {db:String} AND table = {name:String}"),
-                {"db": database, "name": name})
-            if not running:
+            try:
+                pending = await self.stores.redis.xpending(self.stores.settings.stream_key, GROUP)
+            except ResponseError:  # no stream or no group yet: nothing in flight
                 return
-            if failure:
-                raise RuntimeError(f"the deletion mutation fails: {failure[:500]}")
+            oldest = pending.get("min")
+            if not pending.get("pending") or oldest is None or int(oldest.split(b"-")[0]) > requested_ms:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError("events received before the request are still being stored; retrying later")
+            await asyncio.sleep(0.2)
+
+    async def _gone(self, claimed: Claimed, count_sql: str, params: dict) -> None:
+        """Wait for the mutation by watching the user's rows (not system.mutations, where another
+        stuck mutation would hold this one up), renewing the lease meanwhile."""
+        store = self.stores.events
+        deadline = asyncio.get_running_loop().time() + MUTATION_SECONDS
+        while True:
+            ((left,),) = await store.run(store.rows, count_sql, params)
+            if not left:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"{left} events of the user are still stored")
+            await asyncio.to_thread(self._renew, claimed)
             await asyncio.sleep(MUTATION_POLL_SECONDS)
 
     def _table(self, project_id: str) -> str | None:
@@ -170,8 +207,8 @@ class Deleter:
             provisioned = project is not None and project.events_schema_version > 0
         return f"{database_name(project_id)}.events" if provisioned else None
 
-    async def _in_stream(self, project_id: str, user_id: str) -> tuple[list[bytes], set[int]]:
-        """The stream entries of the user in the project, and the visitor ids they carry."""
+    async def _in_stream(self, project_id: str, user_id: str, until_ms: int) -> tuple[list[bytes], set[int]]:
+        """The stream entries of the user in the project received up to `until_ms`, and their visitor ids."""
         redis, stream = self.stores.redis, self.stores.settings.stream_key
         found, visitors, start = [], set(), "-"
         while True:
@@ -181,7 +218,8 @@ class Deleter:
                     row = orjson.loads(fields[FIELD])
                 except Exception:
                     continue  # the flusher dead-letters what it cannot read
-                if row.get("project_id") == project_id and row.get("user_id") == user_id:
+                if (row.get("project_id") == project_id and row.get("user_id") == user_id
+                        and row.get("received_at", 0) <= until_ms):
                     found.append(entry_id)
                     visitors.add(int(row.get("visitor_id") or 0))
             if len(entries) < SCAN_CHUNK:

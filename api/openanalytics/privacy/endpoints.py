@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from openanalytics.auth.dependencies import PrivacyDelete, PrivacyExport, load_project, stores_of
-from openanalytics.errors import NotFound
+from openanalytics.errors import Conflict, NotFound
 from openanalytics.ids import new_id
 from openanalytics.openapi import error_responses
 from openanalytics.privacy.models import PrivacyRequest, user_hash
@@ -24,7 +24,7 @@ router = APIRouter(tags=["Privacy"])
 
 EXPORT_DAYS = 90
 EXPORT_MAX_EVENTS = 10_000
-UserId = Annotated[str, Path(min_length=1, max_length=200, description="The user id your events carry.",
+UserId = Annotated[str, Path(min_length=1, max_length=256, description="The user id your events carry.",
                              examples=["sha256_hash_of_user_id"])]
 RequestId = Annotated[str, Path(max_length=32, description="From the deletion request.", examples=["prq_5e0c2a9b1f3d4e76"])]
 # What an export may show of an event: no IP, no User-Agent (neither is stored), no property
@@ -153,7 +153,7 @@ async def export_user(request: Request, access: PrivacyExport, user_id: UserId) 
                  "their events still waiting in the ingest stream, and their realtime and session state, then checks "
                  "nothing is left. Asking again while a request for the user is queued or running returns that request."),
     response_model=RequestStatus,
-    responses=error_responses(400, 401, 403, 404, 429),
+    responses=error_responses(400, 401, 403, 404, 409, 429),
 )
 async def request_deletion(request: Request, access: PrivacyDelete, user_id: UserId) -> JSONResponse:
     project_id, hashed = access.project.id, user_hash(access.project.id, user_id)
@@ -176,7 +176,11 @@ async def request_deletion(request: Request, access: PrivacyDelete, user_id: Use
                 return RequestStatus.of(pending)
         except IntegrityError:  # a concurrent identical request won the race: answer with it
             with db.session() as session:
-                return RequestStatus.of(open_request(session))
+                winner = open_request(session)
+                if winner is None:  # and already ended: ask again
+                    raise Conflict("A deletion request for this user just ended; send the request again.",
+                                   "request_conflict") from None
+                return RequestStatus.of(winner)
 
     status = await run_in_threadpool(record)
     return JSONResponse(status.model_dump(mode="json"), status_code=202, headers={"Location": status.poll_url})

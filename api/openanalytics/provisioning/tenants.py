@@ -105,6 +105,9 @@ def apply(db: Database, store: EventStore, project_id: str, spec: TenantSpec) ->
     """Create or update the project, its limits and its ClickHouse database (and TTL)."""
     with db.session() as session:
         project = session.get(Project, project_id)
+        if project is not None and not project.active:
+            # Retired by the object's deletion; a late drift check must not bring it back.
+            raise InvalidSpec(f"project {project_id} was retired")
         if project is None:
             project = Project(id=project_id, site_id="site_" + hashlib.sha256(project_id.encode()).hexdigest()[:16],
                               events_schema_version=0, events_ttl_days=0)

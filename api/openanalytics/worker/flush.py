@@ -167,20 +167,23 @@ class Flusher:
                     await self.dead_letter([(message_id, {FIELD: orjson.dumps(row)})], "unreadable row")
             ids = [message_id for message_id, _ in items]
             if items and await self.provisioner(project_id):
-                await self._insert(project_id, items, messages)
+                # The token names every entry read, dropped ones too, so a replay after a crash
+                # gets the same token even if a deletion request dropped more entries meanwhile.
+                await self._insert(project_id, items, messages, [message_id for message_id, _ in found])
             elif items:
                 log.warning("dropping %d events of unknown or inactive project %s", len(items), project_id)
             await self.ack(ids)
         if settled:
             await self.ack(settled)
 
-    async def _insert(self, project_id: str, items: list[tuple[bytes, list[Any]]], messages: list[Message]) -> None:
+    async def _insert(self, project_id: str, items: list[tuple[bytes, list[Any]]], messages: list[Message],
+                      read_ids: list[bytes]) -> None:
         ids = [message_id for message_id, _ in items]
         store = self.stores.events
         try:
             await store.run(
                 store.insert, database_name(project_id), "events", [row for _, row in items], COLUMNS,
-                batch_token(project_id, ids),
+                batch_token(project_id, read_ids),
             )
         except Exception as exc:
             if not _refused(exc) or await self._deliveries(ids) < MAX_DELIVERIES:

@@ -22,7 +22,7 @@ def upgrade() -> None:
         sa.Column("project_id", sa.String(32), sa.ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
         sa.Column("kind", sa.String(20), nullable=False),
         sa.Column("user_hash", sa.String(64), nullable=False),
-        sa.Column("user_id", sa.String(200), nullable=True),
+        sa.Column("user_id", sa.String(256), nullable=True),
         sa.Column("status", sa.String(20), nullable=False),
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Column("started_at", UTCDateTime, nullable=True),
