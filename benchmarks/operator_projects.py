@@ -45,6 +45,7 @@ async def main() -> None:
     from openanalytics import migrations
     from openanalytics.stores.sql import Database
     from tests.support import clickhouse_http
+    from tests.support.kmock_k8s import kubeconfig as kubeconfig_for
 
     name = f"oa_bench_{secrets.token_hex(4)}"
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
@@ -65,11 +66,7 @@ async def main() -> None:
             url = emulator.stdout.readline().split()[-1]
             try:
                 kubeconfig = Path(tmp) / "kubeconfig"
-                kubeconfig.write_text(
-                    "apiVersion: v1\nkind: Config\ncurrent-context: kmock\n"
-                    f"clusters: [{{name: kmock, cluster: {{server: '{url}'}}}}]\n"
-                    "users: [{name: bench, user: {token: bench}}]\n"
-                    "contexts: [{name: kmock, context: {cluster: kmock, user: bench, namespace: default}}]\n")
+                kubeconfig.write_text(kubeconfig_for(url))
                 env = {k: v for k, v in os.environ.items() if not k.startswith(("OA_", "KUBERNETES_"))}
                 env.update(OA_DATABASE_URL=postgres_url, OA_REDIS_URL=redis_url, OA_CLICKHOUSE_URL=clickhouse_url,
                            KUBECONFIG=str(kubeconfig), OA_OPERATOR_DRIFT_SECONDS="3600")

@@ -19,6 +19,7 @@ from openanalytics.projects.models import Project
 from openanalytics.provisioning import tenants
 from openanalytics.provisioning.events_schema import ttl_days
 from tests.support.kmock_k8s import CR, serve_emulator
+from tests.support.kmock_k8s import kubeconfig as kubeconfig_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "/apis/openanalytics.io/v1alpha1/namespaces/default/analyticsprojects"
@@ -128,11 +129,7 @@ async def cluster(stores, tmp_path, postgres_url, clickhouse_url):
 
     async with serve_emulator() as (emulator, url):
         kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\ncurrent-context: kmock\n"
-            f"clusters: [{{name: kmock, cluster: {{server: '{url}', insecure-skip-tls-verify: true}}}}]\n"
-            "users: [{name: test, user: {token: test-token}}]\n"
-            "contexts: [{name: kmock, context: {cluster: kmock, user: test, namespace: default}}]\n")
+        kubeconfig.write_text(kubeconfig_for(url))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OA_", "KUBERNETES_"))}
         env.update(OA_DATABASE_URL=postgres_url, OA_REDIS_URL=REDIS_URL, OA_CLICKHOUSE_URL=clickhouse_url,
                    KUBECONFIG=str(kubeconfig), OA_OPERATOR_DRIFT_SECONDS="1")

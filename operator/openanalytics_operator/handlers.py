@@ -79,7 +79,7 @@ def _secret_name(name: str, key: str) -> str:
     return f"{name}-{key}"
 
 
-async def _store(memo: kopf.Memo, fn, *args):
+async def _store(fn, *args):
     """Run a provisioning function (synchronous, it talks to the stores) off the event loop."""
     return await asyncio.to_thread(fn, *args)
 
@@ -99,7 +99,7 @@ async def drift(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, name: str, na
     if meta.get("deletionTimestamp"):
         return
     project_id = tenants.project_id_for(uid)
-    if await _store(memo, tenants.repair_database, memo.stores.db, memo.stores.events, project_id):
+    if await _store(tenants.repair_database, memo.stores.db, memo.stores.events, project_id):
         kopf.warn(body, reason="Repaired", message="the project's ClickHouse database was missing; recreated it")
     await _reconcile(body, spec, meta, name, namespace, uid, status, patch, memo, quiet=True)
 
@@ -117,7 +117,7 @@ async def _reconcile(body, spec, meta, name, namespace, uid, status, patch, memo
             kopf.warn(body, reason="InvalidSpec", message=str(exc))
         return
     try:
-        done = await _store(memo, tenants.apply, memo.stores.db, memo.stores.events, project_id, wanted)
+        done = await _store(tenants.apply, memo.stores.db, memo.stores.events, project_id, wanted)
         secrets = await _keys(memo, body, meta, name, namespace, uid, project_id, done, wanted, status, grace)
     except kopf.TemporaryError:
         raise
@@ -157,10 +157,10 @@ async def _keys(memo, body, meta, name, namespace, uid, project_id, done, wanted
         secret_name = _secret_name(name, key.name)
         names.append(secret_name)
         current = secret_value(await kube.get_secret(namespace, secret_name), "apiKey")
-        valid = await _store(memo, tenants.key_valid, memo.stores.db, project_id, key, current)
+        valid = await _store(tenants.key_valid, memo.stores.db, project_id, key, current)
         if valid and not rotate:
             continue
-        secret = await _store(memo, tenants.issue, memo.stores.db, project_id, key, grace if rotate and valid else None)
+        secret = await _store(tenants.issue, memo.stores.db, project_id, key, grace if rotate and valid else None)
         manifest = {
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": secret_name, "namespace": namespace, "labels": {
@@ -172,7 +172,7 @@ async def _keys(memo, body, meta, name, namespace, uid, project_id, done, wanted
         _note(body, "KeyRotated" if rotate else "KeyIssued",
               f"Secret {secret_name}" + (f"; the old secret works for {grace}" if rotate and valid else ""))
     listed = {k.name for k in wanted.keys}
-    await _store(memo, tenants.retire_unlisted, memo.stores.db, project_id, listed)
+    await _store(tenants.retire_unlisted, memo.stores.db, project_id, listed)
     for secret in await kube.list_secrets(namespace, _owned(uid)):
         key_name = secret["metadata"].get("labels", {}).get("openanalytics.io/key")
         if key_name and key_name not in listed:
@@ -186,7 +186,7 @@ async def delete(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, ui
     """Keys stop working, the project is deactivated, and its data kept or dropped per the policy."""
     policy = spec.get("deletionPolicy", "Keep")
     project_id = tenants.project_id_for(uid)
-    await _store(memo, tenants.retire, memo.stores.db, memo.stores.events, project_id, policy)
+    await _store(tenants.retire, memo.stores.db, memo.stores.events, project_id, policy)
     for secret in await KUBE.list_secrets(namespace, _owned(uid)):
         await KUBE.delete_secret(namespace, secret["metadata"]["name"])
     _note(body, "Retired", f"keys revoked; data {'dropped' if policy == 'Delete' else 'kept'}")

@@ -147,6 +147,14 @@ def declare_resources(emu: kmock.KubernetesEmulator) -> None:
         'apiVersion': 'v1', 'kind': 'Namespace', 'metadata': {'name': 'default', 'uid': 'ns-default'}}
 
 
+def kubeconfig(url: str) -> str:
+    """A kubeconfig for the emulator at `url` (any token does)."""
+    return ("apiVersion: v1\nkind: Config\ncurrent-context: kmock\n"
+            f"clusters: [{{name: kmock, cluster: {{server: '{url}'}}}}]\n"
+            "users: [{name: test, user: {token: test-token}}]\n"
+            "contexts: [{name: kmock, context: {cluster: kmock, user: test, namespace: default}}]\n")
+
+
 @contextlib.asynccontextmanager
 async def serve_emulator(host: str = '127.0.0.1', port: int | None = None, request_memory: int | None = None
                          ) -> AsyncIterator[tuple[FilledEmulator, str]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
@@ -19,6 +18,7 @@ from openanalytics.ids import new_id
 from openanalytics.openapi import error_responses
 from openanalytics.privacy.models import PrivacyRequest, user_hash
 from openanalytics.provisioning.events_schema import database_name
+from openanalytics.stores.clickhouse import as_utc, money
 
 router = APIRouter(tags=["Privacy"])
 
@@ -105,10 +105,6 @@ class RequestStatus(BaseModel):
         )
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 @router.get(
     "/v1/projects/{project_id}/privacy/user/{user_id}",
     summary="Export one user's events (sanitized)",
@@ -137,8 +133,8 @@ async def export_user(request: Request, access: PrivacyExport, user_id: UserId) 
              "source", "country", "region", "city", "device", "browser", "os", "property_keys", "revenue", "currency"]
     for row in rows[:EXPORT_MAX_EVENTS]:
         event = dict(zip(names, row, strict=True))
-        event["timestamp"], event["received_at"] = _utc(event["timestamp"]), _utc(event["received_at"])
-        event["revenue"] = f"{Decimal(event['revenue']):f}" if event["revenue"] is not None else None
+        event["timestamp"], event["received_at"] = as_utc(event["timestamp"]), as_utc(event["received_at"])
+        event["revenue"] = money(event["revenue"]) if event["revenue"] is not None else None
         export.events.append(ExportedEvent(**event))
     export.event_count = len(export.events)
     export.truncated = len(rows) > EXPORT_MAX_EVENTS or older > 0

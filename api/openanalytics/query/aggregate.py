@@ -17,12 +17,12 @@ One statement per query, in the cheapest of three shapes that answers it:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from openanalytics.query.catalog import BUCKETS, EVENT_DIMENSIONS, SESSION_DIMENSIONS, SESSION_METRICS
 from openanalytics.query.filters import Filter, where
 from openanalytics.query.window import Window
+from openanalytics.stores.clickhouse import money
 
 RANGE_SQL = "timestamp >= {start:DateTime64(3, 'UTC')} AND timestamp < {end:DateTime64(3, 'UTC')}"
 
@@ -124,10 +124,6 @@ class Aggregate:
         return [(row[0], values(row[1:], self.metrics)) for row in rows]
 
 
-def _money(amount: Decimal) -> str:
-    return f"{Decimal(amount).quantize(Decimal('0.0001')):f}"
-
-
 def values(row: tuple, metrics: list[str]) -> dict[str, Any]:
     visitors, pageviews, events, conversions, sessions, bounces, duration_ms, session_pv, revenue = row
     every = {
@@ -139,7 +135,7 @@ def values(row: tuple, metrics: list[str]) -> dict[str, Any]:
         "pages_per_session": round(session_pv / sessions, 2) if sessions else 0.0,
         "events": events,
         "conversions": conversions,
-        "revenue": {currency: _money(amount) for currency, amount in sorted(zip(*revenue, strict=True))},
+        "revenue": {currency: money(amount) for currency, amount in sorted(zip(*revenue, strict=True))},
     }
     return {name: every[name] for name in metrics}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Annotated, Any
 
 from fastapi import Query, Request
@@ -87,6 +87,3 @@ def bucket_keys(interval: str, span: Window) -> list[str]:
         return list(dict.fromkeys((d - timedelta(days=d.weekday())).isoformat() for d in days))
     return list(dict.fromkeys(d.replace(day=1).isoformat() for d in days))
 
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

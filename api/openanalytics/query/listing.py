@@ -7,8 +7,7 @@ would round them.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -22,6 +21,7 @@ from openanalytics.query.catalog import SESSION_DIMENSIONS
 from openanalytics.query.common import Limit, Offset, QueryEcho, events_store, scope
 from openanalytics.query.filters import Filter, Filters, where
 from openanalytics.query.window import DateFrom, DateTo, Timezone
+from openanalytics.stores.clickhouse import as_utc, money
 
 router = APIRouter(tags=["Stats"])
 
@@ -151,24 +151,19 @@ async def list_events(
     columns = ", ".join(f"toString({c})" if c in ("event_id", "visitor_id", "session_id") else c for c in EVENT_FIELDS)
     sql = (f"SELECT {columns} FROM {found.table} WHERE {RANGE_SQL} AND {conditions} "
            "ORDER BY timestamp DESC, event_id DESC LIMIT {limit:UInt32} OFFSET {offset:UInt32}")
-    rows = await events_store(request).run(
-        events_store(request).rows, sql, {**found.window.params(), **params, "limit": limit + 1, "offset": offset})
+    store = events_store(request)
+    rows = await store.run(store.rows, sql, {**found.window.params(), **params, "limit": limit + 1, "offset": offset})
     page.results = [EventOut(**_event(row)) for row in rows[:limit]]
     page.next_offset = offset + limit if len(rows) > limit else None
     return page
 
 
-def _utc(moment: datetime) -> datetime:
-    """The driver hands DateTime64(3, 'UTC') back naive on some paths."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _event(row: tuple) -> dict[str, Any]:
     values = dict(zip(EVENT_FIELDS, row, strict=True))
-    values["timestamp"], values["received_at"] = _utc(values["timestamp"]), _utc(values["received_at"])
+    values["timestamp"], values["received_at"] = as_utc(values["timestamp"]), as_utc(values["received_at"])
     values["source"] = values.pop("referrer_source")
     revenue = values["revenue"]
-    values["revenue"] = f"{Decimal(revenue):f}" if revenue is not None else None
+    values["revenue"] = money(revenue) if revenue is not None else None
     return values
 
 
@@ -206,7 +201,7 @@ async def list_sessions(
              "source", "country", "device", "browser", "os"]
     for row in rows[:limit]:
         values = dict(zip(names, row, strict=True))
-        values["started"], values["ended"] = _utc(values["started"]), _utc(values["ended"])
+        values["started"], values["ended"] = as_utc(values["started"]), as_utc(values["ended"])
         values["duration"] = round((values["ended"] - values["started"]).total_seconds(), 3)
         page.results.append(SessionOut(**values))
     page.next_offset = offset + limit if len(rows) > limit else None

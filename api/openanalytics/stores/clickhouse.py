@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from decimal import Decimal
 from functools import partial
 from typing import Any, TypeVar
 
@@ -17,6 +19,16 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 T = TypeVar("T")
+
+
+def as_utc(moment: datetime) -> datetime:
+    """The driver hands DateTime64(3, 'UTC') back naive on some paths."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def money(amount: Decimal) -> str:
+    """A stored Decimal(18, 4) amount (or a sum of them) as exact text: "12.5000"."""
+    return f"{Decimal(amount).quantize(Decimal('0.0001')):f}"
 
 
 class EventStore:
