@@ -54,7 +54,7 @@ async def test_apply_is_idempotent_and_follows_the_plan(stores):
     pro = tenants.TenantSpec.parse("shop", {"plan": "pro"})
     moved = await asyncio.to_thread(tenants.apply, stores.db, stores.events, project_id, pro)
     assert moved.limits == {"api_requests_per_minute": 600, "retention_days": 365, "collect_per_ip_per_minute": 600,
-                            "collect_per_site_per_minute": 30_000}
+                            "collect_per_site_per_minute": 30_000, "monthly_events": 1_000_000}
     assert stores.events.call(ttl_days, stores.events, project_id) == 365
     with stores.db.session() as session:
         assert session.get(Project, project_id).domains == []

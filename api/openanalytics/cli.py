@@ -111,7 +111,8 @@ def serve(host: str | None, port: int | None) -> None:
 
 
 @main.command()
-@click.option("--namespace", "namespaces", multiple=True, help="Watch this namespace (repeatable).")
+@click.option("--namespace", "namespaces", multiple=True, envvar="OA_OPERATOR_NAMESPACES",
+              help="Watch this namespace (repeatable; or OA_OPERATOR_NAMESPACES, space-separated).")
 @click.option("--all-namespaces", "clusterwide", is_flag=True, help="Watch every namespace.")
 @click.option("--liveness", default=None, help="Serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz.")
 def operator(namespaces: tuple[str, ...], clusterwide: bool, liveness: str | None) -> None:
@@ -165,11 +166,13 @@ def migrate(as_json: bool) -> None:
             f"cannot open the events store ({exc}); if `standalone` is running it migrates on its own"
         ) from None
     try:
+        changed = stores.migrate_control_plane()
         done = provision_pending(stores.db, stores.events)
     finally:
         asyncio.run(stores.close())
-    _emit(as_json, {"control_plane": "head", "provisioned": done},
-          lambda d: f"control plane at head; provisioned {len(d['provisioned'])} project database(s)")
+    _emit(as_json, {"control_plane": "head", "plans_applied": changed, "provisioned": done},
+          lambda d: f"control plane at head; plan limits changed for {len(d['plans_applied'])} project(s); "
+                    f"provisioned {len(d['provisioned'])} project database(s)")
 
 
 # -- projects --------------------------------------------------------------

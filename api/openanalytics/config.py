@@ -68,6 +68,11 @@ class Settings(BaseSettings):
         description="MaxMind-format database (City or Country). Default: OA_DATA_DIR/geoip/country.mmdb if present.",
     )
 
+    plans_file: Path | None = Field(
+        default=None,
+        description="JSON plan definitions replacing the built-in plan limits; `migrate` re-applies them.",
+    )
+
     log_level: str = "INFO"
 
     @field_validator("trusted_proxies", mode="before")

@@ -31,8 +31,14 @@ class Stores:
             events=EventStore(settings.effective_clickhouse_url),
         )
 
-    def migrate_control_plane(self) -> None:
+    def migrate_control_plane(self) -> list[str]:
+        """Schema to head, then the configured plans re-applied; returns the projects whose limits changed."""
+        from openanalytics.projects.plans import configured_plans
+        from openanalytics.projects.service import reapply_plans
+
         migrations.upgrade(self.db.engine)
+        with self.db.session() as session:
+            return reapply_plans(session, configured_plans(self.settings))
 
     async def close(self) -> None:
         await self.redis.aclose()

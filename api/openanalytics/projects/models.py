@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from openanalytics.stores.sql import Base, UTCDateTime, utcnow
@@ -22,6 +22,7 @@ class Project(Base):
     retention_days: Mapped[int] = mapped_column(Integer)
     collect_per_ip_per_minute: Mapped[int] = mapped_column(Integer)
     collect_per_site_per_minute: Mapped[int] = mapped_column(Integer)
+    monthly_events: Mapped[int] = mapped_column(BigInteger)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     # Version of the project's ClickHouse schema; behind CURRENT means provisioning is due.
     events_schema_version: Mapped[int] = mapped_column(Integer, default=0)

@@ -13,6 +13,7 @@ class LimitsOut(BaseModel):
     retention_days: int
     collect_per_ip_per_minute: int
     collect_per_site_per_minute: int
+    monthly_events: int = Field(description="Monthly quota of tracked events (reported by /usage, not enforced).")
 
 
 PROJECT_EXAMPLE = {
@@ -26,6 +27,7 @@ PROJECT_EXAMPLE = {
         "retention_days": 730,
         "collect_per_ip_per_minute": 1200,
         "collect_per_site_per_minute": 300000,
+        "monthly_events": 10000000,
     },
     "created_at": "2026-11-26T14:35:50.034703Z",
 }
@@ -55,6 +57,7 @@ class ProjectOut(BaseModel):
                 retention_days=project.retention_days,
                 collect_per_ip_per_minute=project.collect_per_ip_per_minute,
                 collect_per_site_per_minute=project.collect_per_site_per_minute,
+                monthly_events=project.monthly_events,
             ),
             created_at=project.created_at,
         )

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from openanalytics.ids import new_id
 from openanalytics.projects.models import Project
-from openanalytics.projects.plans import Plan, effective_limits
+from openanalytics.projects.plans import Limits, Plan, configured_plans, effective_limits
 
 _DOMAIN = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -22,12 +22,30 @@ def normalise_domain(domain: str) -> str:
     return value
 
 
-def apply_plan(project: Project, plan: Plan | str, overrides: dict[str, int] | None) -> None:
-    limits = effective_limits(plan, overrides)
-    project.plan = Plan(plan).value
-    project.overrides = dict(overrides or {})
-    for name, value in asdict(limits).items():
+def apply_plan(
+    project: Project, plan: Plan | str, overrides: dict[str, int] | None, plans: dict[Plan, Limits] | None = None
+) -> bool:
+    """Set the plan, overrides and effective limits; True if anything changed."""
+    limits = asdict(effective_limits(plan, overrides, plans))
+    wanted = {"plan": Plan(plan).value, "overrides": dict(overrides or {}), **limits}
+    changed = {name: value for name, value in wanted.items() if getattr(project, name, None) != value}
+    for name, value in changed.items():
         setattr(project, name, value)
+    return bool(changed)
+
+
+def reapply_plans(session: Session, plans: dict[Plan, Limits] | None = None) -> list[str]:
+    """Recompute every project's limits from the configured plans; returns the ids that changed.
+
+    A changed retention then reaches the project's ClickHouse TTL through provisioning.
+    """
+    plans = plans or configured_plans()
+    changed = []
+    for project in session.scalars(select(Project).order_by(Project.id)):
+        if apply_plan(project, project.plan, project.overrides, plans):
+            changed.append(project.id)
+    session.flush()
+    return changed
 
 
 def create_project(

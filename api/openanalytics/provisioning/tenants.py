@@ -29,6 +29,7 @@ LIMITS = {  # spec.limits field -> the project's limit
     "retentionDays": "retention_days",
     "collectPerIpPerMinute": "collect_per_ip_per_minute",
     "collectPerSitePerMinute": "collect_per_site_per_minute",
+    "monthlyEvents": "monthly_events",
 }
 KEY_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 MANAGED = "k8s:"  # key names in the control plane: "k8s:<spec name>", so hand-made keys are never touched

@@ -28,11 +28,14 @@ class MonthUsage(BaseModel):
 class Usage(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "project_id": "prj_3f9a1c0b7d2e4a65",
+        "monthly_quota": 1000000,
         "months": [{"month": "2026-11", "events": 1874,
                     "by_type": {"pageview": 1520, "event": 300, "identify": 40, "conversion": 14}}],
     }]})
 
     project_id: str
+    monthly_quota: int = Field(description="The plan's tracked events per month (with overrides). Reported, "
+                                           "not enforced: events over it are still accepted and stored.")
     months: list[MonthUsage] = Field(description="Newest first; months without events are listed with 0.")
 
 
@@ -72,5 +75,6 @@ async def get_usage(
                 counts[month][event_type] = n
     return Usage(
         project_id=project.id,
+        monthly_quota=project.monthly_events,
         months=[MonthUsage(month=m, events=sum(c.values()), by_type=c) for m, c in counts.items()],
     )
