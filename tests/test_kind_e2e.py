@@ -1,8 +1,11 @@
 """End to end on a real cluster: kind, the CRD, the operator, the API answering the operator's keys.
 
 Runs where Docker, kind and kubectl exist (`scripts/kind-e2e`); elsewhere it skips and says
-why. The operator runs beside the cluster with its kubeconfig (the image and the in-cluster
-Deployment come with the Helm chart).
+why. Two stories: the operator process beside the cluster (its kubeconfig) against the
+test's stores; and the whole platform in the cluster, the image built from the Dockerfile
+and installed with the Helm chart (helm from scripts/fetch-k8s-tools), the in-release
+stores, an AnalyticsProject reconciled by the in-cluster operator and the seed's curl
+examples run against the API through a port-forward.
 """
 
 from __future__ import annotations
@@ -66,6 +69,44 @@ def kind_cluster(tmp_path_factory):
         yield kubeconfig
     finally:
         subprocess.run(["kind", "delete", "cluster", "--name", CLUSTER], capture_output=True, timeout=300)
+
+
+def test_the_chart_on_kind(kind_cluster, tmp_path):
+    from tests.test_processes import free_port, seed_examples
+
+    tools = Path(subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch-k8s-tools")], check=True,
+                                capture_output=True, text=True).stdout.strip())
+    subprocess.run(["docker", "build", "-t", "openanalytics:e2e", str(ROOT)], check=True, timeout=1800)
+    subprocess.run(["kind", "load", "docker-image", "openanalytics:e2e", "--name", CLUSTER], check=True, timeout=600)
+    helm = [str(tools / "helm"), "--kubeconfig", str(kind_cluster), "-n", "analytics"]
+    subprocess.run([*helm, "install", "oa", str(ROOT / "charts" / "openanalytics"), "--create-namespace",
+                    "--set", "image.repository=openanalytics,image.tag=e2e,image.pullPolicy=Never,api.replicas=1",
+                    "--set", "stores.postgresql.deploy=true,stores.redis.deploy=true,stores.clickhouse.deploy=true",
+                    "--wait", "--timeout", "15m"], check=True, timeout=1000)  # waits for the migrate hook too
+    subprocess.run([*helm, "test", "oa", "--timeout", "5m"], check=True, timeout=400)
+
+    manifest = json.loads(_manifest("shop", {"plan": "pro", "apiKeys": [{"name": "backend"}]}))
+    manifest["metadata"]["namespace"] = "analytics"
+    kubectl(kind_cluster, "apply", "-f", "-", stdin=json.dumps(manifest))
+
+    def ready():
+        found = json.loads(kubectl(kind_cluster, "-n", "analytics", "get", "oap", "shop", "-o", "json"))
+        return found if found.get("status", {}).get("phase") == "Ready" else None
+
+    status = wait_for(ready, timeout=180, what="the in-cluster operator to make the project Ready")["status"]
+    secret = json.loads(kubectl(kind_cluster, "-n", "analytics", "get", "secret", "shop-backend", "-o", "json"))
+    key = base64.b64decode(secret["data"]["apiKey"]).decode()
+    port = free_port()
+    forward = subprocess.Popen(["kubectl", "--kubeconfig", str(kind_cluster), "-n", "analytics", "port-forward",
+                                "svc/oa-openanalytics-api", f"{port}:80"], stdout=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: subprocess.run(["curl", "-sf", f"{base}/readyz"], capture_output=True).returncode == 0,
+                 what="the port-forward")
+        seed_examples(base, status["projectId"], key)
+    finally:
+        forward.terminate()
+        forward.wait(10)
 
 
 async def test_the_operator_story_on_kind(kind_cluster, stores, client, postgres_url, clickhouse_url, tmp_path):

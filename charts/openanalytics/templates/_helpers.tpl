@@ -1,0 +1,161 @@
+{{/* Names and labels. */}}
+{{- define "oa.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "oa.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "oa.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "oa.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: openanalytics
+{{- end }}
+
+{{/* Selector labels of one component: include "oa.selector" (list . "api") */}}
+{{- define "oa.selector" -}}
+app.kubernetes.io/name: {{ include "oa.name" (index . 0) }}
+app.kubernetes.io/instance: {{ (index . 0).Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{- define "oa.componentLabels" -}}
+{{ include "oa.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{- define "oa.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* Secrets: URLs given inline, passwords of the in-release stores, and the one you create. */}}
+{{- define "oa.urlSecret" -}}{{ include "oa.fullname" . }}-store-urls{{- end }}
+{{- define "oa.passwordSecret" -}}{{ include "oa.fullname" . }}-store-passwords{{- end }}
+{{- define "oa.defaultSecret" -}}{{ default (printf "%s-connections" (include "oa.fullname" .)) .Values.stores.defaultSecretName }}{{- end }}
+
+{{/* One store's OA_* variable: include "oa.storeEnv" (list . "postgresql" "OA_DATABASE_URL") */}}
+{{- define "oa.storeEnv" -}}
+{{- $root := index . 0 }}
+{{- $store := index . 1 }}
+{{- $var := index . 2 }}
+{{- $v := index $root.Values.stores $store }}
+{{- $full := include "oa.fullname" $root }}
+{{- if $v.deploy }}
+- name: {{ printf "OA_%s_PASSWORD" (upper $store) }}
+  valueFrom:
+    secretKeyRef: {name: {{ include "oa.passwordSecret" $root }}, key: {{ $store }}}
+- name: {{ $var }}
+{{- if eq $store "postgresql" }}
+  value: {{ printf "postgresql+psycopg://openanalytics:$(OA_POSTGRESQL_PASSWORD)@%s-postgresql:5432/openanalytics" $full | quote }}
+{{- else if eq $store "redis" }}
+  value: {{ printf "redis://:$(OA_REDIS_PASSWORD)@%s-redis:6379/0" $full | quote }}
+{{- else }}
+  value: {{ printf "http://openanalytics:$(OA_CLICKHOUSE_PASSWORD)@%s-clickhouse:8123" $full | quote }}
+{{- end }}
+{{- else if $v.existingSecret.name }}
+- name: {{ $var }}
+  valueFrom:
+    secretKeyRef: {name: {{ $v.existingSecret.name | quote }}, key: {{ $v.existingSecret.key | quote }}}
+{{- else if $v.url }}
+- name: {{ $var }}
+  valueFrom:
+    secretKeyRef: {name: {{ include "oa.urlSecret" $root }}, key: {{ $store }}}
+{{- else }}
+- name: {{ $var }}
+  valueFrom:
+    secretKeyRef: {name: {{ include "oa.defaultSecret" $root | quote }}, key: {{ $v.existingSecret.key | quote }}}
+{{- end }}
+{{- end }}
+
+{{/* Environment shared by the API, worker, operator and migrate Job. */}}
+{{- define "oa.env" -}}
+{{- $root := index . 0 }}
+{{- $component := index . 1 }}
+{{- include "oa.storeEnv" (list $root "postgresql" "OA_DATABASE_URL") | trim }}
+{{ include "oa.storeEnv" (list $root "redis" "OA_REDIS_URL") | trim }}
+{{ include "oa.storeEnv" (list $root "clickhouse" "OA_CLICKHOUSE_URL") | trim }}
+- name: OA_PLANS_FILE
+  value: /etc/openanalytics/plans.json
+- name: OA_DATA_DIR
+  value: /tmp/openanalytics
+- name: OA_LOG_LEVEL
+  value: {{ $root.Values.config.logLevel | quote }}
+{{- with $root.Values.config.trustedProxies }}
+- name: OA_TRUSTED_PROXIES
+  value: {{ join "," . | quote }}
+{{- end }}
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "openanalytics-%s" $component }}
+{{- with $root.Values.opentelemetry }}
+{{- if .endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ .protocol | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ .tracesSampler | quote }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ .tracesSamplerArg | quote }}
+{{- else }}
+- name: OTEL_SDK_DISABLED
+  value: "true"
+{{- end }}
+{{- if .resourceAttributes }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ .resourceAttributes | quote }}
+{{- end }}
+{{- end }}
+{{- with $root.Values.config.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Pod annotations that roll pods when what they read changes. */}}
+{{- define "oa.rollOn" -}}
+checksum/plans: {{ include (print .Template.BasePath "/configmap-plans.yaml") . | sha256sum }}
+checksum/store-urls: {{ include (print .Template.BasePath "/secret-store-urls.yaml") . | sha256sum }}
+{{- end }}
+
+{{/* Volumes and mounts every OpenAnalytics container has: the plans and a writable /tmp. */}}
+{{- define "oa.volumes" -}}
+- name: plans
+  configMap: {name: {{ include "oa.fullname" . }}-plans}
+- name: tmp
+  emptyDir: {sizeLimit: 256Mi}
+{{- end }}
+{{- define "oa.volumeMounts" -}}
+- {name: plans, mountPath: /etc/openanalytics, readOnly: true}
+- {name: tmp, mountPath: /tmp}
+{{- end }}
+
+{{/* Spread replicas over nodes unless the user set an affinity. */}}
+{{- define "oa.affinity" -}}
+{{- $root := index . 0 }}
+{{- $component := index . 1 }}
+{{- $affinity := index . 2 }}
+{{- if $affinity }}
+{{- toYaml $affinity }}
+{{- else }}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "oa.selector" (list $root $component) | nindent 12 }}
+{{- end }}
+{{- end }}
