@@ -16,8 +16,8 @@ WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY api ./api
 COPY operator ./operator
+# Bytecode compiled here: the root filesystem is read-only at run time.
 RUN /opt/openanalytics/bin/pip install -c constraints.txt . \
- && find /opt/openanalytics -name '__pycache__' -prune -exec rm -rf {} + \
  && /opt/openanalytics/bin/python -m compileall -q /opt/openanalytics/lib
 
 FROM docker.io/library/python:3.11-slim-bookworm

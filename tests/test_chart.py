@@ -424,3 +424,17 @@ def test_dockerfile_builds_one_small_non_root_image():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     assert chart["appVersion"] == version
+
+
+def test_the_package_the_image_installs_carries_its_data_files(tmp_path):
+    """The image installs the project non-editable: everything it serves must be in the wheel."""
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--disable-pip-version-check",
+                           str(ROOT), "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    import zipfile
+
+    names = set(zipfile.ZipFile(next(tmp_path.glob("openanalytics-*.whl"))).namelist())
+    migrations = {p.name for p in (ROOT / "api" / "openanalytics" / "migrations" / "versions").glob("0*.py")}
+    assert "openanalytics/tracker/oa.js" in names
+    assert {f"openanalytics/migrations/versions/{m}" for m in migrations} <= names
+    assert "openanalytics_operator/handlers.py" in names

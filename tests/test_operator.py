@@ -315,3 +315,21 @@ async def test_a_store_outage_shows_in_status_and_is_retried(stores):
                                   memo)
     assert patch["status"]["phase"] == "Pending" and patch["status"]["observedGeneration"] == 3
     assert {c["reason"] for c in patch["status"]["conditions"]} == {"StoreUnavailable"}
+
+
+def test_the_operator_command_takes_its_namespaces_from_the_environment(monkeypatch):
+    """The chart passes the pod's own namespace as OA_OPERATOR_NAMESPACES (downward API)."""
+    import kopf
+    from click.testing import CliRunner
+
+    from openanalytics.cli import main
+
+    runs = []
+    monkeypatch.setattr(kopf, "run", lambda **kwargs: runs.append(kwargs))  # not the loop itself, only its arguments
+    done = CliRunner().invoke(main, ["operator"], env={"OA_OPERATOR_NAMESPACES": "team-a team-b"})
+    assert done.exit_code == 0, done.output
+    assert runs[-1]["namespaces"] == ("team-a", "team-b") and runs[-1]["clusterwide"] is False
+    done = CliRunner().invoke(main, ["operator", "--namespace", "web"], env={"OA_OPERATOR_NAMESPACES": "team-a"})
+    assert runs[-1]["namespaces"] == ("web",)
+    refused = CliRunner().invoke(main, ["operator"], env={"OA_OPERATOR_NAMESPACES": ""})
+    assert refused.exit_code == 2 and "--all-namespaces" in refused.output
