@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from openanalytics.provisioning import tenants
@@ -72,6 +73,7 @@ def kind_cluster(tmp_path_factory):
 
 
 def test_the_chart_on_kind(kind_cluster, tmp_path):
+    """Image, chart, in-release stores, the in-cluster operator and the API: the operator story, in the cluster."""
     from tests.test_processes import free_port, seed_examples
 
     tools = Path(subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch-k8s-tools")], check=True,
@@ -82,20 +84,25 @@ def test_the_chart_on_kind(kind_cluster, tmp_path):
     subprocess.run([*helm, "install", "oa", str(ROOT / "charts" / "openanalytics"), "--create-namespace",
                     "--set", "image.repository=openanalytics,image.tag=e2e,image.pullPolicy=Never,api.replicas=1",
                     "--set", "stores.postgresql.deploy=true,stores.redis.deploy=true,stores.clickhouse.deploy=true",
+                    "--set", "operator.driftSeconds=5",
                     "--wait", "--timeout", "15m"], check=True, timeout=1000)  # waits for the migrate hook too
     subprocess.run([*helm, "test", "oa", "--timeout", "5m"], check=True, timeout=400)
 
-    manifest = json.loads(_manifest("shop", {"plan": "pro", "apiKeys": [{"name": "backend"}]}))
-    manifest["metadata"]["namespace"] = "analytics"
-    kubectl(kind_cluster, "apply", "-f", "-", stdin=json.dumps(manifest))
+    def ns(*args: str, stdin: str | None = None) -> str:
+        return kubectl(kind_cluster, "-n", "analytics", *args, stdin=stdin)
 
-    def ready():
-        found = json.loads(kubectl(kind_cluster, "-n", "analytics", "get", "oap", "shop", "-o", "json"))
+    def shop():
+        found = json.loads(ns("get", "oap", "shop", "-o", "json"))
         return found if found.get("status", {}).get("phase") == "Ready" else None
 
-    status = wait_for(ready, timeout=180, what="the in-cluster operator to make the project Ready")["status"]
-    secret = json.loads(kubectl(kind_cluster, "-n", "analytics", "get", "secret", "shop-backend", "-o", "json"))
-    key = base64.b64decode(secret["data"]["apiKey"]).decode()
+    def key_of(secret: str) -> str:
+        return base64.b64decode(json.loads(ns("get", "secret", secret, "-o", "json"))["data"]["apiKey"]).decode()
+
+    manifest = json.loads(_manifest("shop", {"plan": "pro", "deletionPolicy": "Delete", "apiKeys": [{"name": "backend"}]}))
+    manifest["metadata"]["namespace"] = "analytics"
+    ns("apply", "-f", "-", stdin=json.dumps(manifest))
+    status = wait_for(shop, timeout=180, what="the in-cluster operator to make the project Ready")["status"]
+    key = key_of("shop-backend")
     port = free_port()
     forward = subprocess.Popen(["kubectl", "--kubeconfig", str(kind_cluster), "-n", "analytics", "port-forward",
                                 "svc/oa-openanalytics-api", f"{port}:80"], stdout=subprocess.DEVNULL)
@@ -103,7 +110,28 @@ def test_the_chart_on_kind(kind_cluster, tmp_path):
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: subprocess.run(["curl", "-sf", f"{base}/readyz"], capture_output=True).returncode == 0,
                  what="the port-forward")
-        seed_examples(base, status["projectId"], key)
+        seed_examples(base, status["projectId"], key)  # the seed's curl examples with the operator's key
+
+        def answers(secret: str) -> int:
+            return httpx.get(f"{base}/v1/projects/{status['projectId']}",
+                             headers={"Authorization": f"Bearer {secret}"}).status_code
+
+        ns("patch", "oap", "shop", "--type", "merge", "-p", '{"spec": {"plan": "business"}}')
+        wait_for(lambda: (shop() or {}).get("status", {}).get("limits", {}).get("retention_days") == 730,
+                 what="the business plan's limits")
+        ns("delete", "secret", "shop-backend")
+        wait_for(lambda: subprocess.run(["kubectl", "--kubeconfig", str(kind_cluster), "-n", "analytics", "get",
+                                         "secret", "shop-backend"], capture_output=True).returncode == 0,
+                 what="the Secret to come back")
+        old = key_of("shop-backend")
+        assert answers(old) == 200
+        ns("annotate", "oap", "shop", "--overwrite", "openanalytics.io/rotate-keys=1",
+           "openanalytics.io/rotation-grace-seconds=600")
+        new = wait_for(lambda: (lambda k: k if k != old else None)(key_of("shop-backend")), what="a rotated key")
+        assert answers(new) == 200 and answers(old) == 200  # the old key lives through its grace period
+
+        ns("delete", "oap", "shop", "--wait=true", "--timeout=120s")
+        wait_for(lambda: answers(new) == 401, timeout=10, what="the keys to stop working")
     finally:
         forward.terminate()
         forward.wait(10)
