@@ -157,6 +157,23 @@ def test_kustomize_base_and_examples_validate(tools):
     assert {d["metadata"]["name"] for d in examples} == {"blog", "shop"}
 
 
+def test_an_overlay_moves_the_base_to_another_namespace(tools, tmp_path):
+    shutil.copytree(ROOT / "manifests" / "base", tmp_path / "base")
+    (tmp_path / "prod").mkdir()
+    (tmp_path / "prod" / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: analytics-prod\n"
+        "resources: [../base]\n")
+    docs = [d for d in yaml.safe_load_all(run(tools, "kubectl", "kustomize", str(tmp_path / "prod")).stdout) if d]
+    bindings = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    assert bindings and all(s["namespace"] == "analytics-prod" for b in bindings for s in b["subjects"])
+    role = next(d for d in docs if d["kind"] == "Role")
+    assert role["metadata"]["namespace"] == "analytics-prod"
+    job = next(d for d in docs if d["kind"] == "Job")
+    plans = next(d for d in docs if d["kind"] == "ConfigMap")["metadata"]["name"]
+    assert plans.startswith("openanalytics-plans-")  # the generator's hash suffix, referenced everywhere
+    assert {v["configMap"]["name"] for v in job["spec"]["template"]["spec"]["volumes"] if "configMap" in v} == {plans}
+
+
 def test_manifests_are_the_charts_defaults(tools):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "render-manifests"), "--check"],
                           capture_output=True, text=True, env={"PATH": f"{tools}:/usr/bin:/bin"})
@@ -210,6 +227,8 @@ def _rules(docs: list[dict], kind: str) -> set[tuple[str, str, str]]:
 OPERATOR_RULES = {
     *(("openanalytics.io", "analyticsprojects", v) for v in ("get", "list", "watch", "patch")),
     *(("openanalytics.io", "analyticsprojects/status", v) for v in ("get", "patch")),
+    # Owner references with blockOwnerDeletion on the key Secrets (OwnerReferencesPermissionEnforcement).
+    ("openanalytics.io", "analyticsprojects/finalizers", "update"),
     *(("", "secrets", v) for v in ("get", "list", "create", "patch", "delete")),
     ("", "events", "create"),
 }
@@ -231,7 +250,8 @@ def test_operator_rbac_is_least_privilege(tools, tmp_path):
     assert _rules(clusterwide, "ClusterRole") == OPERATOR_RULES | CRD_RULES | {("", "namespaces", "list"),
                                                                              ("", "namespaces", "watch")}
     for docs in (namespaced, clusterwide):
-        verbs = {verb for kind in ("Role", "ClusterRole") for _, _, verb in _rules(docs, kind)}
+        grants = {rule for kind in ("Role", "ClusterRole") for rule in _rules(docs, kind)}
+        verbs = {verb for _, resource, verb in grants if resource != "analyticsprojects/finalizers"}
         assert "*" not in verbs and not verbs & {"update", "deletecollection", "escalate", "bind", "impersonate"}
 
     # Only the operator talks to the Kubernetes API: the others get no token.
@@ -327,6 +347,35 @@ def test_in_release_stores_get_generated_passwords(tools, tmp_path):
     assert not [d for d in defaults if d["kind"] in ("StatefulSet", "Secret")]
 
 
+def test_passwords_of_the_in_release_stores_from_your_secret(tools, tmp_path):
+    values = {**VALUE_SETS["everything"], "stores": {**VALUE_SETS["everything"]["stores"],
+                                                     "passwordsSecret": "store-passwords"}}
+    docs = render(tools, tmp_path, values)
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    assert env_of(docs, "worker")["OA_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "store-passwords",
+                                                                                        "key": "redis"}
+
+
+def test_names_fit_kubernetes_limits(tools, tmp_path):
+    docs = [d for d in yaml.safe_load_all(run(
+        tools, "helm", "template", "a-release-name-longer-than-anyone-would-choose-53-chars"[:53], str(CHART),
+        "-f", values_file(tmp_path, VALUE_SETS["everything"])).stdout) if d]
+    for doc in docs:
+        assert len(doc["metadata"]["name"]) <= 63, doc["metadata"]["name"]
+        if doc["kind"] == "StatefulSet":  # its pods' controller-revision-hash label must fit too
+            assert len(doc["metadata"]["name"]) <= 52, doc["metadata"]["name"]
+
+
+def test_network_policy_lets_helm_test_reach_the_api(tools, tmp_path):
+    docs = render(tools, tmp_path, VALUE_SETS["everything"])
+    rules = find(docs, "NetworkPolicy", "oa-openanalytics-api")["spec"]["ingress"]
+    sources = [peer for rule in rules for peer in rule.get("from", [])]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}} in sources
+    test_pod = find(docs, "Pod", "oa-openanalytics-test-readyz")["metadata"]["labels"]
+    assert any(all(test_pod.get(k) == v for k, v in peer.get("podSelector", {}).get("matchLabels", {}).items())
+               and peer.get("podSelector") for peer in sources)
+
+
 def test_probes_hooks_and_the_helm_test(tools, tmp_path):
     docs = render(tools, tmp_path, {})
     api = find(docs, "Deployment", "oa-openanalytics-api")["spec"]["template"]["spec"]["containers"][0]
@@ -334,8 +383,16 @@ def test_probes_hooks_and_the_helm_test(tools, tmp_path):
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert api["args"][:1] == ["serve"]
     migrate = find(docs, "Job", "oa-openanalytics-migrate")
-    assert migrate["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    # Before an upgrade's pods roll (additive migrations), after the install's stores exist.
+    assert migrate["metadata"]["annotations"]["helm.sh/hook"] == "post-install,pre-upgrade"
     assert migrate["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
+    # ...reading the new plans from a hook ConfigMap made just before it.
+    hook_plans = find(docs, "ConfigMap", "oa-openanalytics-migrate-plans")
+    assert int(hook_plans["metadata"]["annotations"]["helm.sh/hook-weight"]) < \
+        int(migrate["metadata"]["annotations"]["helm.sh/hook-weight"])
+    assert hook_plans["data"] == find(docs, "ConfigMap", "oa-openanalytics-plans")["data"]
+    volumes = {v["name"]: v for v in migrate["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["plans"]["configMap"]["name"] == "oa-openanalytics-migrate-plans"
     test_pod = find(docs, "Pod", "oa-openanalytics-test-readyz")
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert "http://oa-openanalytics-api:80/readyz" in test_pod["spec"]["containers"][0]["args"]

@@ -3,15 +3,16 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* At most 40 characters: suffixes like -clickhouse and StatefulSet pod labels must fit in 63. */}}
 {{- define "oa.fullname" -}}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -43,7 +44,7 @@ app.kubernetes.io/component: {{ index . 1 }}
 
 {{/* Secrets: URLs given inline, passwords of the in-release stores, and the one you create. */}}
 {{- define "oa.urlSecret" -}}{{ include "oa.fullname" . }}-store-urls{{- end }}
-{{- define "oa.passwordSecret" -}}{{ include "oa.fullname" . }}-store-passwords{{- end }}
+{{- define "oa.passwordSecret" -}}{{ default (printf "%s-store-passwords" (include "oa.fullname" .)) .Values.stores.passwordsSecret }}{{- end }}
 {{- define "oa.defaultSecret" -}}{{ default (printf "%s-connections" (include "oa.fullname" .)) .Values.stores.defaultSecretName }}{{- end }}
 
 {{/* One store's OA_* variable: include "oa.storeEnv" (list . "postgresql" "OA_DATABASE_URL") */}}
@@ -157,5 +158,35 @@ podAntiAffinity:
         labelSelector:
           matchLabels:
             {{- include "oa.selector" (list $root $component) | nindent 12 }}
+{{- end }}
+{{- end }}
+
+{{/* Stores given neither deploy, url nor existingSecret: their URL comes from the default Secret. */}}
+{{- define "oa.missingStores" -}}
+{{- range $store := list "postgresql" "redis" "clickhouse" }}
+{{- $v := index $.Values.stores $store }}
+{{- if not (or $v.deploy $v.url $v.existingSecret.name) }}{{ $v.existingSecret.key }} {{ end }}
+{{- end }}
+{{- end }}
+
+{{/* Talking to a cluster (not `helm template`): its namespace's default ServiceAccount is visible. */}}
+{{- define "oa.connected" -}}
+{{- if lookup "v1" "ServiceAccount" .Release.Namespace "default" }}yes{{ end }}
+{{- end }}
+
+{{- define "oa.createSecretHelp" -}}
+{{- $shapes := dict "database-url" "postgresql+psycopg://USER:PASSWORD@HOST:5432/DB" "redis-url" "redis://:PASSWORD@HOST:6379/0" "clickhouse-url" "http://USER:PASSWORD@HOST:8123" }}
+  kubectl -n {{ .Release.Namespace }} create secret generic {{ include "oa.defaultSecret" . }}
+{{- range (include "oa.missingStores" . | trim | splitList " ") }} \
+    --from-literal={{ . }}='{{ index $shapes . | default "URL" }}'
+{{- end }}
+{{- end }}
+
+{{/* Fails a real install (not `helm template`) whose stores have nowhere to come from. */}}
+{{- define "oa.checkConnections" -}}
+{{- if and (include "oa.missingStores" . | trim) (include "oa.connected" .) }}
+{{- if not (lookup "v1" "Secret" .Release.Namespace (include "oa.defaultSecret" .)) }}
+{{- fail (printf "\n\nno connection for: %s\nSet stores.<store>.url, stores.<store>.existingSecret or stores.<store>.deploy=true (evaluation), or create the Secret first:\n\n%s\n" (include "oa.missingStores" . | trim) (include "oa.createSecretHelp" .)) }}
+{{- end }}
 {{- end }}
 {{- end }}
