@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import tempfile
@@ -49,7 +50,18 @@ def serve_full(port: int) -> None:
 
     stores = Stores.open(Settings())
     app = create_app(stores, owns_stores=True)
+    gc.freeze()  # as the CLI does
     uvicorn.run(served(app), host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False)
+
+
+def collect_request(env: dict) -> bytes:
+    """A project without collect limits, and one /collect request for it, as raw HTTP."""
+    project = cli(env, "projects", "create", "--name", "bench", "--plan", "business",
+                  "--limit", "collect_per_ip_per_minute=1000000000", "--limit", "collect_per_site_per_minute=1000000000")
+    body = json.dumps({"site_id": project["site_id"], "url": "https://shop.example/pricing?utm_source=news",
+                       "referrer": "https://www.google.com/", "screen_width": 1440, "language": "en-US"}).encode()
+    return http_request("POST", "/collect", {"User-Agent": UA, "Accept-Language": "en-US,en;q=0.9",
+                                             "Content-Type": "text/plain", "X-Forwarded-For": "81.2.69.160"}, body)
 
 
 async def main() -> None:
@@ -68,12 +80,7 @@ async def main() -> None:
         geo = Path(__file__).resolve().parent.parent / ".tools" / "geoip" / "country.mmdb"
         if geo.is_file():
             env["OA_GEOIP_PATH"] = str(geo)
-        project = cli(env, "projects", "create", "--name", "bench", "--plan", "business",
-                      "--limit", "collect_per_ip_per_minute=1000000000", "--limit", "collect_per_site_per_minute=1000000000")
-        body = json.dumps({"site_id": project["site_id"], "url": "https://shop.example/pricing?utm_source=news",
-                           "referrer": "https://www.google.com/", "screen_width": 1440, "language": "en-US"}).encode()
-        request = http_request("POST", "/collect", {"User-Agent": UA, "Accept-Language": "en-US,en;q=0.9",
-                                                     "Content-Type": "text/plain", "X-Forwarded-For": "81.2.69.160"}, body)
+        request = collect_request(env)
         servers = {}
         for label, target in (("bare ASGI 204", "serve_bare"), ("full /collect pipeline", "serve_full")):
             port = free_port()

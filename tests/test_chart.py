@@ -495,3 +495,17 @@ def test_the_package_the_image_installs_carries_its_data_files(tmp_path):
     assert "openanalytics/tracker/oa.js" in names
     assert {f"openanalytics/migrations/versions/{m}" for m in migrations} <= names
     assert "openanalytics_operator/handlers.py" in names
+
+
+def test_prometheus_scrape_port_passes_through(tools, tmp_path):
+    docs = render(tools, tmp_path, {"opentelemetry": {"prometheusPort": 9464}, "networkPolicy": {"enabled": True}})
+    for workload in ("api", "worker", "operator"):
+        deployment = find(docs, "Deployment", f"oa-openanalytics-{workload}")["spec"]["template"]
+        assert deployment["metadata"]["annotations"]["prometheus.io/port"] == "9464"
+        container = deployment["spec"]["containers"][0]
+        assert {"name": "metrics", "containerPort": 9464, "protocol": "TCP"} in container["ports"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["OA_PROMETHEUS_PORT"] == "9464" and "OTEL_SDK_DISABLED" not in env  # no OTLP, still on
+    quiet = find(docs, "NetworkPolicy", "oa-openanalytics-no-ingress")["spec"]
+    assert quiet["ingress"] == [{"ports": [{"port": 9464, "protocol": "TCP"}]}]
+    validate(docs)

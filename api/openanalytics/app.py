@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from openanalytics import __version__, errors, health
+from openanalytics import __version__, errors, health, telemetry
 from openanalytics.auth import endpoints as keys
 from openanalytics.auth.gate import ApiGate
 from openanalytics.auth.principals import Principals, listen_for_changes
@@ -95,6 +95,7 @@ def create_app(
         salts=app.state.collector.salts,
     )
     app.add_middleware(collect.CollectEndpoint, collector=app.state.collector)  # outermost: the hot path
+    telemetry.instrument_app(app)  # when on: server spans and latency by route around all of it
     errors.install(app)
     for module in (health, tracker, collect, events, verify, projects, keys, pageviews, stats, listing, realtime,
                    goals, conversions, funnel, privacy, usage):

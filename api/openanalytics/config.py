@@ -15,7 +15,7 @@ import os
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     )
 
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field(default="json", description="Log lines as JSON (with trace ids) or text.")
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

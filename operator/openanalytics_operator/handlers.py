@@ -12,6 +12,7 @@ from typing import Any
 
 import kopf
 
+from openanalytics import telemetry
 from openanalytics.config import Settings
 from openanalytics.provisioning import tenants
 from openanalytics.runtime import Stores
@@ -105,6 +106,22 @@ async def drift(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, name: str, na
 
 
 async def _reconcile(body, spec, meta, name, namespace, uid, status, patch, memo, quiet: bool = False) -> None:
+    """One reconcile, traced and counted by outcome (ready, invalid, conflict, pending)."""
+    timer = telemetry.Timer()
+    trigger = "drift" if quiet else "change"
+    with telemetry.span("operator.reconcile", **{"k8s.namespace.name": namespace, "oa.object.name": name,
+                                                  "oa.trigger": trigger}) as span:
+        outcome = "pending"
+        try:
+            outcome = await _reconcile_once(body, spec, meta, name, namespace, uid, status, patch, memo, quiet)
+        finally:
+            if span is not None:
+                span.set_attribute("oa.outcome", outcome)
+            telemetry.RECONCILES.add(1, {"outcome": outcome, "trigger": trigger})
+            telemetry.RECONCILE_DURATION.record(timer.seconds(), {"outcome": outcome})
+
+
+async def _reconcile_once(body, spec, meta, name, namespace, uid, status, patch, memo, quiet: bool) -> str:
     project_id = tenants.project_id_for(uid)
     patch.status["observedGeneration"] = meta.get("generation")
     try:
@@ -115,7 +132,7 @@ async def _reconcile(body, spec, meta, name, namespace, uid, status, patch, memo
         patch.status.update(phase="Invalid", conditions=_conditions(status, ("Ready", False, "InvalidSpec", str(exc))))
         if not quiet:
             kopf.warn(body, reason="InvalidSpec", message=str(exc))
-        return
+        return "invalid"
     try:
         done = await _store(tenants.apply, memo.stores.db, memo.stores.events, project_id, wanted)
         secrets = await _keys(memo, body, meta, name, namespace, uid, project_id, done, wanted, status, grace)
@@ -125,7 +142,7 @@ async def _reconcile(body, spec, meta, name, namespace, uid, status, patch, memo
         patch.status.update(phase="Invalid", conditions=_conditions(status, ("Ready", False, "SecretConflict", str(exc))))
         if not quiet:
             kopf.warn(body, reason="SecretConflict", message=str(exc))
-        return
+        return "conflict"
     except Exception as exc:  # a store is down: say so, and let kopf retry with backoff
         patch.status.update(phase="Pending", conditions=_conditions(
             status, ("Ready", False, "StoreUnavailable", str(exc)), ("Provisioned", False, "StoreUnavailable", str(exc))))
@@ -139,6 +156,7 @@ async def _reconcile(body, spec, meta, name, namespace, uid, status, patch, memo
         patch.status["rotatedFor"] = meta["annotations"][ROTATE]
     if not quiet:
         _note(body, "Provisioned", f"project {done.project_id} ready on plan {wanted.plan}")
+    return "ready"
 
 
 def _grace(meta: kopf.Meta) -> timedelta:

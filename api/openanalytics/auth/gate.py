@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from openanalytics import telemetry
 from openanalytics.auth.principals import Principals
 from openanalytics.auth.ratelimit import Budget, RateLimiter, client_tag
 from openanalytics.ingest.client_ip import Network, client_ip
@@ -74,6 +75,7 @@ class ApiGate:
                 ip = client_ip(peer, _header(scope, b"x-forwarded-for"), self.trusted)
                 budget = await self.limiter.fail(client_tag(ip, await self._salt()))
             if not budget.allowed:
+                telemetry.RATE_LIMITED.add(1, {"plan": principal.plan if principal else "unauthenticated"})
                 await self._refuse(budget, send)
                 return
         extra = budget.headers() if budget is not None else []

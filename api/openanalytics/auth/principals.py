@@ -32,6 +32,7 @@ class Principal:
     project_id: str
     scopes: frozenset[str]
     requests_per_minute: int
+    plan: str = ""
 
 
 def _load(db: Database, secret: str) -> Principal | None:
@@ -44,7 +45,7 @@ def _load(db: Database, secret: str) -> Principal | None:
             return None
         if key.last_used_at is None or utcnow() - key.last_used_at > _TOUCH_EVERY:
             touch_key(session, key.id)
-        return Principal(key.id, key.project_id, frozenset(key.scopes), project.api_requests_per_minute)
+        return Principal(key.id, key.project_id, frozenset(key.scopes), project.api_requests_per_minute, project.plan)
 
 
 class Principals:

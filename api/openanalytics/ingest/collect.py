@@ -27,6 +27,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from openanalytics import telemetry
 from openanalytics.auth.ratelimit import WINDOW_MS, client_tag
 from openanalytics.cache import TTLCache
 from openanalytics.ingest import commit
@@ -345,8 +346,10 @@ class Collector:
             hit.received_ms, hit.day, event.row["event_type"], event.row.get("path", ""), event.row["referrer_source"],
         )
 
-    async def handle(self, body: bytes, peer: str, headers: dict[str, str]) -> list[str]:
-        """Run the steps over every event of one request and store what passes. Returns the outcomes."""
+    async def handle(self, body: bytes, peer: str, headers: dict[str, str], traced: bool = False) -> list[str]:
+        """Run the steps over every event of one request and store what passes. Returns the outcomes.
+
+        `traced`: the request has a sampled span, which the flush span will link to."""
         items = parse_items(body, self.settings.collect_max_batch)
         sites: dict[str | None, Site | None] = {None: None}
         for item in items:
@@ -354,7 +357,7 @@ class Collector:
             if site_id not in sites:
                 sites[site_id] = await self.site(site_id)
         if not any(sites.values()):
-            return []  # nothing to attribute to a site
+            return [DropReason.unknown_site.value] * len(items)  # nothing to attribute to a site
         hit = Hit(
             ip=client_ip(peer, headers.get("x-forwarded-for"), self.trusted_proxies),
             user_agent=headers.get("user-agent", "")[:MAX_USER_AGENT],
@@ -362,7 +365,8 @@ class Collector:
             received=self.clock(),
         )
         await self.load_salts(hit)
-        fields = []
+        fields, unattributed = [], []
+        parent = telemetry.traceparent() if traced else None
         for item in items:
             event = Event(item, sites[_site_id(item)])
             try:
@@ -371,9 +375,13 @@ class Collector:
             except Dropped as dropped:
                 if event.site is not None:  # else nothing to attribute it to
                     fields.append(self.script_fields(hit, event, dropped.reason.value))
+                else:
+                    unattributed.append(dropped.reason.value)
                 continue
+            if parent:  # the flush span links back to this request
+                event.row["tp"] = parent
             fields.append(self.script_fields(hit, event, None))
-        return await self.committer.commit(fields) if fields else []
+        return (await self.committer.commit(fields) if fields else []) + unattributed
 
 
 class CollectEndpoint:
@@ -391,21 +399,36 @@ class CollectEndpoint:
             await self.app(scope, receive, send)
             return
         if scope["method"] == "POST":
-            try:
-                headers = _wanted_headers(scope)
-                body = await _read_body(receive, headers.get("content-length"), self.limit)
-                peer = scope["client"][0] if scope.get("client") else ""
-                await self.collector.handle(body, peer, headers)
-            except Dropped:
-                pass  # nothing attributable to a site (too large, malformed)
-            except Exception:  # the public endpoint never answers 5xx
-                now = time.monotonic()
-                if now - self._logged_at > _FAILURE_LOG_EVERY:  # an outage must not flood the log
-                    self._logged_at = now
-                    log.exception("collect failed (further failures in the next %ds are not logged)",
-                                  int(_FAILURE_LOG_EVERY))
+            if telemetry.collect_sampled():
+                timer = telemetry.Timer()
+                with telemetry.collect_span(**{"http.request.method": "POST", "http.route": "/collect",
+                                               "http.response.status_code": 204}):
+                    outcomes = await self._collect(scope, receive, traced=True)
+                telemetry.COLLECT_DURATION.record(timer.seconds())
+                telemetry.count_collect(outcomes)
+            elif telemetry.enabled():
+                telemetry.count_collect(await self._collect(scope, receive))
+            else:
+                await self._collect(scope, receive)
         await send({"type": "http.response.start", "status": 204, "headers": _CORS_HEADERS})
         await send({"type": "http.response.body", "body": b""})
+
+    async def _collect(self, scope: Scope, receive: Receive, traced: bool = False) -> list[str]:
+        """Every event's outcome; never raises."""
+        try:
+            headers = _wanted_headers(scope)
+            body = await _read_body(receive, headers.get("content-length"), self.limit)
+            peer = scope["client"][0] if scope.get("client") else ""
+            return await self.collector.handle(body, peer, headers, traced)
+        except Dropped as dropped:
+            return [dropped.reason.value]  # nothing attributable to a site (too large, malformed)
+        except Exception:  # the public endpoint never answers 5xx
+            now = time.monotonic()
+            if now - self._logged_at > _FAILURE_LOG_EVERY:  # an outage must not flood the log
+                self._logged_at = now
+                log.exception("collect failed (further failures in the next %ds are not logged)",
+                              int(_FAILURE_LOG_EVERY))
+            return ["failed"]
 
 
 _WANTED = {b"user-agent", b"accept-language", b"content-length", b"x-forwarded-for"}

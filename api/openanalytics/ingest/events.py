@@ -13,6 +13,7 @@ import orjson
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
+from openanalytics import telemetry
 from openanalytics.auth.dependencies import EventsWrite, stores_of
 from openanalytics.errors import ApiError, BadRequest, Unavailable
 from openanalytics.ingest import buffer
@@ -71,6 +72,15 @@ def parse_events(body: bytes, max_batch: int) -> list[EventIn]:
     return events
 
 
+def _count(body: bytes) -> int:
+    """How many events a refused body held, for the metric (1 if it is not a JSON array)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 1
+    return len(data) if isinstance(data, list) and data else 1
+
+
 def check_timestamps(events: list[EventIn], retention_days: int, now_ms: int) -> None:
     oldest = now_ms - retention_days * 24 * 3600 * 1000
     for index, event in enumerate(events):
@@ -123,16 +133,25 @@ async def send_events(request: Request, access: EventsWrite) -> EventsQueued:
     stores = stores_of(request)
     settings = stores.settings
     body = await read_limited(request, settings.events_max_body_bytes)
-    events = parse_events(body, settings.events_max_batch)
     now_ms = int(time.time() * 1000)
-    check_timestamps(events, access.project.retention_days, now_ms)
+    try:
+        events = parse_events(body, settings.events_max_batch)
+        check_timestamps(events, access.project.retention_days, now_ms)
+    except BadRequest:
+        telemetry.SERVER_EVENTS.add(_count(body), {"outcome": "rejected"})
+        raise
     rows = [event_row(access.project.id, event, now_ms, "server") for event in events]
+    parent = telemetry.traceparent() if telemetry.enabled() else None
     for row in rows:
         if row["user_id"]:
             row["visitor_id"] = user_visitor_hash(access.project.id, row["user_id"])
+        if parent:  # the flush span links back to this request
+            row["tp"] = parent
     try:
         await buffer.append(stores.redis, settings.stream_key, rows)
     except buffer.BufferUnavailable:
+        telemetry.SERVER_EVENTS.add(len(rows), {"outcome": "unavailable"})
         raise Unavailable("The ingest buffer is unreachable; nothing was queued. Retry with backoff.",
                           headers={"Retry-After": "5"}) from None
+    telemetry.SERVER_EVENTS.add(len(rows), {"outcome": "accepted"})
     return EventsQueued(count=len(rows), event_ids=[row["event_id"] for row in rows])

@@ -28,6 +28,7 @@ import orjson
 from redis.exceptions import ResponseError
 from sqlalchemy import func, or_, select, update
 
+from openanalytics import telemetry
 from openanalytics.ingest.buffer import FIELD
 from openanalytics.privacy.models import PrivacyRequest
 from openanalytics.projects.models import Project
@@ -107,16 +108,18 @@ class Deleter:
             row.status, row.completed_at, row.lease_until = "completed", datetime.now(UTC), None
             row.events_deleted, row.queued_events_deleted, row.error, row.user_id = stored, queued, None, None
 
-    def _failed(self, claimed: Claimed, error: str) -> None:
+    def _failed(self, claimed: Claimed, error: str) -> str:
+        """Record the failure; returns the status it leaves: failed for good, or queued again."""
         with self.stores.db.session() as session:
             row = self._mine(session, claimed)
             if row is None:
-                return
+                return "superseded"
             row.error = error[:2000]
             if row.attempts >= MAX_ATTEMPTS:
                 row.status, row.completed_at, row.lease_until, row.user_id = "failed", datetime.now(UTC), None, None
             else:
                 row.status, row.lease_until = "queued", None  # retried on a later run
+            return row.status
 
     # -- the work ----------------------------------------------------------------
 
@@ -125,14 +128,22 @@ class Deleter:
         claimed = await asyncio.to_thread(self._claim)
         if claimed is None:
             return None
-        try:
-            stored, queued = await self.delete_user(claimed)
-        except Exception as exc:
-            log.warning("privacy request %s failed: %s", claimed.id, exc)
-            await asyncio.to_thread(self._failed, claimed, str(exc))
-        else:
-            await asyncio.to_thread(self._finish, claimed, stored, queued)
-            log.info("privacy request %s completed", claimed.id, extra={"project_id": claimed.project_id})
+        with telemetry.span("privacy.delete", **{"oa.project.id": claimed.project_id, "oa.request.id": claimed.id,
+                                                 "oa.attempt": claimed.attempt}) as span:
+            try:
+                stored, queued = await self.delete_user(claimed)
+            except Exception as exc:
+                log.warning("privacy request %s failed: %s", claimed.id, exc)
+                status = await asyncio.to_thread(self._failed, claimed, str(exc))
+            else:
+                await asyncio.to_thread(self._finish, claimed, stored, queued)
+                status = "completed"
+                log.info("privacy request %s completed", claimed.id, extra={"project_id": claimed.project_id})
+                if span is not None:
+                    span.set_attributes({"oa.events.deleted": stored, "oa.events.deleted_queued": queued})
+            telemetry.PRIVACY_REQUESTS.add(1, {"kind": "delete", "status": status})
+            if span is not None:
+                span.set_attribute("oa.status", status)
         return claimed.id
 
     async def delete_user(self, claimed: Claimed) -> tuple[int, int]:

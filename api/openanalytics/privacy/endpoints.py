@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
+from openanalytics import telemetry
 from openanalytics.auth.dependencies import PrivacyDelete, PrivacyExport, load_project, stores_of
 from openanalytics.errors import Conflict, NotFound
 from openanalytics.ids import new_id
@@ -138,6 +139,7 @@ async def export_user(request: Request, access: PrivacyExport, user_id: UserId) 
         export.events.append(ExportedEvent(**event))
     export.event_count = len(export.events)
     export.truncated = len(rows) > EXPORT_MAX_EVENTS or older > 0
+    telemetry.PRIVACY_REQUESTS.add(1, {"kind": "export", "status": "completed"})
     return export
 
 
@@ -169,6 +171,7 @@ async def request_deletion(request: Request, access: PrivacyDelete, user_id: Use
                                              user_id=user_id, status="queued", attempts=0, created_at=datetime.now(UTC))
                     session.add(pending)
                     session.flush()
+                    telemetry.PRIVACY_REQUESTS.add(1, {"kind": "delete", "status": "queued"})
                 return RequestStatus.of(pending)
         except IntegrityError:  # a concurrent identical request won the race: answer with it
             with db.session() as session:

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from openanalytics import telemetry
+
 T = TypeVar("T")
 
 
@@ -47,7 +49,16 @@ class EventStore:
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, partial(fn, *args, **kwargs))
+        if not telemetry.enabled():
+            return await loop.run_in_executor(self._pool, partial(fn, *args, **kwargs))
+        operation = getattr(fn, "__name__", "call")
+        attributes: dict[str, Any] = {"db.system.name": "clickhouse", "db.operation.name": operation}
+        if args and isinstance(args[0], str) and operation in ("rows", "command"):
+            attributes["db.query.text"] = args[0]  # parameterised: values travel apart
+        elif operation == "insert":
+            attributes.update({"db.namespace": args[0], "db.collection.name": args[1], "oa.rows": len(args[2])})
+        with telemetry.span(f"clickhouse {operation}", telemetry.SpanKind.CLIENT, **attributes):
+            return await loop.run_in_executor(self._pool, partial(fn, *args, **kwargs))
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Synchronous call on the store's own thread (chdb must not run on two at once)."""

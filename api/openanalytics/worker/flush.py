@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from redis.exceptions import ResponseError
 
+from openanalytics import telemetry
 from openanalytics.ingest.buffer import FIELD
 from openanalytics.privacy.deletion import forgotten
 from openanalytics.provisioning.events_schema import EVENT_COLUMNS, database_name
@@ -45,6 +46,22 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 Message = tuple[bytes, dict[bytes, bytes]]
+
+
+_RECEIVED_AT = COLUMNS.index("received_at")
+
+
+def _parents(messages: list[Message]) -> list[str]:
+    """Traceparents of the sampled requests that queued these events."""
+    found = []
+    for _, fields in messages:
+        raw = fields.get(FIELD, b"")
+        if b'"tp"' in raw:
+            try:
+                found.append(orjson.loads(raw)["tp"])
+            except (ValueError, KeyError):
+                continue
+    return found
 
 
 def _ms(value: int) -> datetime:
@@ -140,6 +157,19 @@ class Flusher:
         return len(messages)
 
     async def flush(self, messages: list[Message]) -> None:
+        if not telemetry.enabled():
+            await self._flush(messages)
+            return
+        timer = telemetry.Timer()
+        with telemetry.TRACER.start_as_current_span(
+                "ingest.flush", links=telemetry.links(_parents(messages)),
+                attributes={"oa.batch.size": len(messages)}) as span:
+            projects = await self._flush(messages)
+            span.set_attribute("oa.batch.projects", projects)
+        telemetry.FLUSH_DURATION.record(timer.seconds())
+
+    async def _flush(self, messages: list[Message]) -> int:
+        """Store one batch; returns how many projects it held."""
         rows: dict[str, list[tuple[bytes, dict[str, Any]]]] = defaultdict(list)
         unreadable: list[Message] = []
         settled: list[bytes] = []  # deleted from the stream meanwhile (privacy requests): nothing to store
@@ -175,6 +205,7 @@ class Flusher:
             await self.ack(ids)
         if settled:
             await self.ack(settled)
+        return len(rows)
 
     async def _insert(self, project_id: str, items: list[tuple[bytes, list[Any]]], messages: list[Message],
                       read_ids: list[bytes]) -> None:
@@ -186,10 +217,17 @@ class Flusher:
                 batch_token(project_id, read_ids),
             )
         except Exception as exc:
+            telemetry.CLICKHOUSE_INSERT_ERRORS.add(1, {"refused": _refused(exc)})
             if not _refused(exc) or await self._deliveries(ids) < MAX_DELIVERIES:
                 raise
             wanted = set(ids)
             await self.dead_letter([m for m in messages if m[0] in wanted], f"refused by ClickHouse: {exc}"[:500])
+            return
+        telemetry.FLUSH_SIZE.record(len(items))
+        if telemetry.enabled():
+            now = datetime.now(UTC)
+            for _, columns in items:
+                telemetry.INGEST_LAG.record((now - columns[_RECEIVED_AT]).total_seconds())
 
     async def _deliveries(self, ids: list[bytes]) -> int:
         entries = await self.redis.xpending_range(self.stream, GROUP, min=ids[0], max=ids[-1], count=RECOVERY_COUNT)

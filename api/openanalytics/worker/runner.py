@@ -11,6 +11,7 @@ from openanalytics.privacy.deletion import Deleter
 from openanalytics.projects.models import Project
 from openanalytics.provisioning.events_schema import CURRENT_VERSION
 from openanalytics.provisioning.projects import provision_pending, provision_project
+from openanalytics import telemetry
 from openanalytics.runtime import Stores
 from openanalytics.worker.flush import Flusher
 
@@ -84,6 +85,9 @@ class Worker:
                 if time.monotonic() >= next_privacy:
                     await self.deleter.run_once()
                     next_privacy = time.monotonic() + PRIVACY_EVERY_SECONDS
+                    if telemetry.enabled():  # the gauge's reading, once a second
+                        stream = self.stores.settings.stream_key
+                        telemetry.set_stream_length(stream, await self.stores.redis.xlen(stream))
                 backoff, self.failures = 0.5, 0
             except asyncio.CancelledError:
                 raise

@@ -110,9 +110,13 @@ app.kubernetes.io/component: {{ index . 1 }}
   value: {{ .tracesSampler | quote }}
 - name: OTEL_TRACES_SAMPLER_ARG
   value: {{ .tracesSamplerArg | quote }}
-{{- else }}
+{{- else if not .prometheusPort }}
 - name: OTEL_SDK_DISABLED
   value: "true"
+{{- end }}
+{{- if .prometheusPort }}
+- name: OA_PROMETHEUS_PORT
+  value: {{ .prometheusPort | quote }}
 {{- end }}
 {{- if .resourceAttributes }}
 - name: OTEL_RESOURCE_ATTRIBUTES
@@ -128,6 +132,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- define "oa.rollOn" -}}
 checksum/plans: {{ include (print .Template.BasePath "/configmap-plans.yaml") . | sha256sum }}
 checksum/store-urls: {{ include (print .Template.BasePath "/secret-store-urls.yaml") . | sha256sum }}
+{{- with .Values.opentelemetry.prometheusPort }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ . | quote }}
+prometheus.io/path: /metrics
+{{- end }}
 {{- end }}
 
 {{/* Volumes and mounts every OpenAnalytics container has: the plans and a writable /tmp. */}}
@@ -188,5 +197,12 @@ podAntiAffinity:
 {{- if not (lookup "v1" "Secret" .Release.Namespace (include "oa.defaultSecret" .)) }}
 {{- fail (printf "\n\nno connection for: %s\nSet stores.<store>.url, stores.<store>.existingSecret or stores.<store>.deploy=true (evaluation), or create the Secret first:\n\n%s\n" (include "oa.missingStores" . | trim) (include "oa.createSecretHelp" .)) }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The metrics port, when the Prometheus endpoint is on. */}}
+{{- define "oa.metricsPort" -}}
+{{- with .Values.opentelemetry.prometheusPort }}
+- {name: metrics, containerPort: {{ . }}, protocol: TCP}
 {{- end }}
 {{- end }}
