@@ -506,6 +506,8 @@ def test_prometheus_scrape_port_passes_through(tools, tmp_path):
         assert {"name": "metrics", "containerPort": 9464, "protocol": "TCP"} in container["ports"]
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["OA_PROMETHEUS_PORT"] == "9464" and "OTEL_SDK_DISABLED" not in env  # no OTLP, still on
+    api_rules = find(docs, "NetworkPolicy", "oa-openanalytics-api")["spec"]["ingress"]
+    assert {"ports": [{"port": 9464, "protocol": "TCP"}]} in api_rules
     quiet = find(docs, "NetworkPolicy", "oa-openanalytics-no-ingress")["spec"]
     assert quiet["ingress"] == [{"ports": [{"port": 9464, "protocol": "TCP"}]}]
     validate(docs)

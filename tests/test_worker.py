@@ -198,3 +198,12 @@ async def test_loop_survives_redis_being_down_at_start(stores):
     stop.set()
     await asyncio.wait_for(task, 5)
     await dead.aclose()
+
+
+def test_flush_links_skip_entries_that_are_not_objects():
+    from openanalytics.ingest.buffer import FIELD
+    from openanalytics.worker.flush import _parents
+
+    messages = [(b"1-0", {FIELD: b'["tp"]'}), (b"2-0", {FIELD: b'"tp"'}), (b"3-0", {FIELD: b'{"tp": "00-ab-cd-01"}'}),
+                (b"4-0", {FIELD: b'{"tp"'}), (b"5-0", {})]
+    assert _parents(messages) == ["00-ab-cd-01"]

@@ -11,6 +11,7 @@ import re
 import sys
 
 from opentelemetry import trace
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 _KEY = re.compile(r"oa_live_[A-Za-z0-9_\-]+")
@@ -34,8 +35,10 @@ class TraceIds(logging.Filter):
 
 class JsonLines(JsonFormatter):
     def __init__(self) -> None:
+        # kopf's object loggers attach their settings and object reference: not for the line.
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s",
-                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})
+                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                         reserved_attrs=[*RESERVED_ATTRS, "settings", "k8s_ref", "k8s_skip"], json_default=str)
 
     def format(self, record: logging.LogRecord) -> str:
         return scrub(super().format(record))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 
 log = logging.getLogger(__name__)
@@ -88,8 +90,9 @@ METER.create_observable_gauge(
 # -- set-up ----------------------------------------------------------------------------------
 
 _enabled = False
-_collect_tracer = None
+_kept_tracer = None  # keeps every span it starts: for /collect's own picks and linked flushes
 _collect_ratio = 0.0
+_tracing = False  # a span exporter is configured (not only Prometheus)
 _random = random.random
 
 
@@ -154,17 +157,20 @@ def configure(service: str, *, span_exporter=None, metric_readers: list | None =
 
             start_http_server(int(port), addr=os.environ.get("OA_PROMETHEUS_HOST", "0.0.0.0"))
             readers.append(PrometheusMetricReader())
-    global _collect_tracer, _collect_ratio
+    global _kept_tracer, _collect_ratio, _tracing
     # /collect decides its sampling itself, before any OpenTelemetry call: an unsampled hit pays
     # one random() and no span. Its sampled spans go through a provider that keeps them all.
     _collect_ratio = float(os.environ.get("OA_COLLECT_TRACE_RATIO",
                                           min(_root_ratio(tracer_provider.sampler), COLLECT_SAMPLE_RATIO)))
-    collect_provider = TracerProvider(resource=resource, sampler=ALWAYS_ON)
+    kept_provider = TracerProvider(resource=resource, sampler=ALWAYS_ON)
+    for provider in (tracer_provider, kept_provider):
+        provider.add_span_processor(Redact())  # before export: no client address, User-Agent or user id
     if span_exporter is not None:
         processor = BatchSpanProcessor(span_exporter)
         tracer_provider.add_span_processor(processor)
-        collect_provider.add_span_processor(processor)
-    _collect_tracer = collect_provider.get_tracer("openanalytics.collect")
+        kept_provider.add_span_processor(processor)
+    _tracing = span_exporter is not None
+    _kept_tracer = kept_provider.get_tracer("openanalytics")
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
     _instrument_clients()
@@ -188,11 +194,19 @@ def _root_ratio(sampler) -> float:
 
 def collect_sampled() -> bool:
     """Whether this /collect request gets a span (and its duration recorded)."""
-    return _enabled and _random() < _collect_ratio
+    return _tracing and _random() < _collect_ratio
 
 
 def collect_span(**attributes: Any):
-    return _collect_tracer.start_as_current_span("collect", kind=SpanKind.SERVER, attributes=attributes)
+    return _kept_tracer.start_as_current_span("collect", kind=SpanKind.SERVER, attributes=attributes)
+
+
+def linked_span(name: str, parents: list[str], **attributes: Any):
+    """A span linked to the requests it serves, kept whenever any of them was sampled (their
+    traces would otherwise point nowhere), else sampled like any root span."""
+    found = links(parents)
+    tracer = _kept_tracer if found else TRACER
+    return tracer.start_as_current_span(name, links=found, attributes=attributes)
 
 
 def _signal_configured(signal: str) -> bool:
@@ -217,7 +231,8 @@ def instrument_app(app) -> None:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
+    # The hook runs after the middleware set its attributes: the scrubbing is the last word.
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz", server_request_hook=scrub)
 
 
 # -- helpers for the code paths ------------------------------------------------------------
@@ -225,6 +240,8 @@ def instrument_app(app) -> None:
 
 def traceparent() -> str | None:
     """The current span as a W3C traceparent, if it is sampled (carried in stream entries)."""
+    if not _tracing:
+        return None
     context = trace.get_current_span().get_span_context()
     if not context.is_valid or not context.trace_flags.sampled:
         return None
@@ -254,6 +271,45 @@ def span(name: str, kind: SpanKind = SpanKind.INTERNAL, **attributes: Any) -> It
         return
     with TRACER.start_as_current_span(name, kind=kind, attributes=attributes) as current:
         yield current
+
+
+_USER_PATH = re.compile(r"(/privacy/user/)[^/?#]+")
+_PERSONAL = ("client.address", "client.port", "net.peer.ip", "http.client_ip", "user_agent.original",
+             "http.user_agent", "network.peer.address")
+_PATHS = ("url.path", "http.target", "http.url", "url.full")
+
+
+def scrub(span, scope=None) -> None:
+    """Replace personal attributes of a (recording) span; also the ASGI server hook's signature."""
+    if not span.is_recording():
+        return
+    attributes = span.attributes or {}
+    for key in _PERSONAL:
+        if key in attributes:
+            span.set_attribute(key, "redacted")
+    for key in _PATHS:
+        value = attributes.get(key)
+        if isinstance(value, str) and "/privacy/user/" in value:
+            span.set_attribute(key, _USER_PATH.sub(r"\1{user_id}", value))
+    if "/privacy/user/" in span.name:
+        span.update_name(_USER_PATH.sub(r"\1{user_id}", span.name))
+
+
+class Redact(SpanProcessor):
+    """Keeps personal data out of traces: the client's address and User-Agent, and the user
+    id in privacy URLs (ids a deletion request asked us to forget)."""
+
+    def on_start(self, span, parent_context=None) -> None:
+        scrub(span)
+
+    def on_end(self, span) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
 
 
 class Timer:

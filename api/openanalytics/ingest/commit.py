@@ -13,6 +13,7 @@ keeps visitor and session ids and times as strings (its numbers are doubles).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 
@@ -156,7 +157,8 @@ class Committer:
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((hits, future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+            # A fresh context: the batch serves many requests, not the one that happened to start it.
+            self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
         return await future
 
     async def _flush(self) -> None:

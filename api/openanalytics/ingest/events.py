@@ -138,7 +138,8 @@ async def send_events(request: Request, access: EventsWrite) -> EventsQueued:
         events = parse_events(body, settings.events_max_batch)
         check_timestamps(events, access.project.retention_days, now_ms)
     except BadRequest:
-        telemetry.SERVER_EVENTS.add(_count(body), {"outcome": "rejected"})
+        if telemetry.enabled():
+            telemetry.SERVER_EVENTS.add(_count(body), {"outcome": "rejected"})
         raise
     rows = [event_row(access.project.id, event, now_ms, "server") for event in events]
     parent = telemetry.traceparent() if telemetry.enabled() else None

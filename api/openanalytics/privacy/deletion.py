@@ -113,12 +113,13 @@ class Deleter:
         with self.stores.db.session() as session:
             row = self._mine(session, claimed)
             if row is None:
-                return "superseded"
+                return "superseded"  # a later attempt owns the request now
             row.error = error[:2000]
             if row.attempts >= MAX_ATTEMPTS:
                 row.status, row.completed_at, row.lease_until, row.user_id = "failed", datetime.now(UTC), None, None
             else:
                 row.status, row.lease_until = "queued", None  # retried on a later run
+                return "requeued"
             return row.status
 
     # -- the work ----------------------------------------------------------------

@@ -59,7 +59,7 @@ def _parents(messages: list[Message]) -> list[str]:
         if b'"tp"' in raw:
             try:
                 found.append(orjson.loads(raw)["tp"])
-            except (ValueError, KeyError):
+            except Exception:  # not an object, no tp: _flush dead-letters what it cannot read
                 continue
     return found
 
@@ -161,9 +161,7 @@ class Flusher:
             await self._flush(messages)
             return
         timer = telemetry.Timer()
-        with telemetry.TRACER.start_as_current_span(
-                "ingest.flush", links=telemetry.links(_parents(messages)),
-                attributes={"oa.batch.size": len(messages)}) as span:
+        with telemetry.linked_span("ingest.flush", _parents(messages), **{"oa.batch.size": len(messages)}) as span:
             projects = await self._flush(messages)
             span.set_attribute("oa.batch.projects", projects)
         telemetry.FLUSH_DURATION.record(timer.seconds())

@@ -69,11 +69,22 @@ class Worker:
             done.append(request_id)
         return done
 
+    async def _read_stream_length(self) -> None:
+        stream = self.stores.settings.stream_key
+        try:
+            telemetry.set_stream_length(stream, await self.stores.redis.xlen(stream))
+        except Exception:  # Redis is down: the loop below says so
+            pass
+
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.5
         next_provision = next_privacy = 0.0
         group_ready = False
+        next_reading = 0.0
         while not stop.is_set():
+            if telemetry.enabled() and time.monotonic() >= next_reading:
+                next_reading = time.monotonic() + 1.0
+                await self._read_stream_length()  # on its own: it matters most while the rest fails
             try:
                 if not group_ready:
                     await self.flusher.ensure_group()
@@ -85,9 +96,7 @@ class Worker:
                 if time.monotonic() >= next_privacy:
                     await self.deleter.run_once()
                     next_privacy = time.monotonic() + PRIVACY_EVERY_SECONDS
-                    if telemetry.enabled():  # the gauge's reading, once a second
-                        stream = self.stores.settings.stream_key
-                        telemetry.set_stream_length(stream, await self.stores.redis.xlen(stream))
+
                 backoff, self.failures = 0.5, 0
             except asyncio.CancelledError:
                 raise
