@@ -60,6 +60,17 @@ async def load(port: int, request: bytes, seconds: float, connections: int, ok=r
     return Result(len(latencies) / (time.perf_counter() - started), latencies)
 
 
+def load_arguments(doc: str):
+    """--seconds, --rounds and --connections, the options of the load benchmarks."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    return parser.parse_args()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -9,7 +9,6 @@ servers; the median round's requests/s and its p50/p99 latency are reported.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import json
@@ -17,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from _load import cli, free_port, http_request, load, start_server
+from _load import cli, free_port, http_request, load, load_arguments, start_server
 
 REDIS_URL = "redis://127.0.0.1:6379/15"  # the tests use 9-12
 UA = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 Safari/537.36"
@@ -50,6 +49,7 @@ def serve_full(port: int) -> None:
 
     stores = Stores.open(Settings())
     app = create_app(stores, owns_stores=True)
+    gc.collect()
     gc.freeze()  # as the CLI does
     uvicorn.run(served(app), host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False)
 
@@ -65,11 +65,7 @@ def collect_request(env: dict) -> bytes:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=32)
-    args = parser.parse_args()
+    args = load_arguments(__doc__)
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()

@@ -12,14 +12,13 @@ round of each is reported.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import os
 import tempfile
 from pathlib import Path
 
-from _load import free_port, load, start_server
+from _load import free_port, load, load_arguments, start_server
 from collect_pipeline import REDIS_URL, collect_request
 
 
@@ -52,6 +51,7 @@ def serve(port: int) -> None:
     _pin(1)
     telemetry.configure("openanalytics-api")
     app = create_app(Stores.open(Settings()), owns_stores=True)
+    gc.collect()
     gc.freeze()  # as the CLI does
     uvicorn.run(served(app), host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False)
 
@@ -69,11 +69,7 @@ def _pin(cpu: int) -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=32)
-    args = parser.parse_args()
+    args = load_arguments(__doc__)
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()

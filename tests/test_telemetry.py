@@ -16,6 +16,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -27,6 +29,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from openanalytics import logs, telemetry
 from openanalytics.app import create_app
+from openanalytics.config import Settings
 from openanalytics.projects.models import Project
 from openanalytics.runtime import Stores
 from openanalytics.stores.sql import Database
@@ -41,17 +44,16 @@ METRICS = InMemoryMetricReader()
 
 @pytest.fixture(scope="module", autouse=True)
 def telemetry_on():
-    wanted = {"OTEL_TRACES_SAMPLER": "always_on", "OA_COLLECT_TRACE_RATIO": "1"}
-    previous = {name: os.environ.get(name) for name in wanted}
-    os.environ.update(wanted)
+    previous = os.environ.get("OTEL_TRACES_SAMPLER")
+    os.environ["OTEL_TRACES_SAMPLER"] = "always_on"
     try:
-        assert telemetry.configure("openanalytics-test", span_exporter=SPANS, metric_readers=[METRICS])
+        assert telemetry.configure("openanalytics-test", Settings(collect_trace_ratio=1),
+                                   span_exporter=SPANS, metric_readers=[METRICS])
     finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
+        if previous is None:
+            os.environ.pop("OTEL_TRACES_SAMPLER")
+        else:
+            os.environ["OTEL_TRACES_SAMPLER"] = previous
     yield
 
 
@@ -236,16 +238,25 @@ async def test_the_stream_length_gauge_comes_from_the_worker(stores, worker):
 # -- logs --------------------------------------------------------------------------------------
 
 
-def test_log_lines_are_json_with_the_trace_and_no_key():
+@contextmanager
+def captured(logger: logging.Logger) -> Iterator[io.StringIO]:
+    """What `logger` writes through the product's JSON handler."""
     out = io.StringIO()
-    logger = logging.getLogger("openanalytics.test")
     handler = logs.handler("json", out)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)
     try:
-        with telemetry.span("work") as current:
-            logger.warning("key %s leaked", "oa_live_abcdefghijklmnopqrstuv", extra={"project_id": "prj_1"})
+        yield out
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_log_lines_are_json_with_the_trace_and_no_key():
+    logger = logging.getLogger("openanalytics.test")
+    with captured(logger) as out, telemetry.span("work") as current:
+        logger.warning("key %s leaked", "oa_live_abcdefghijklmnopqrstuv", extra={"project_id": "prj_1"})
     line = json.loads(out.getvalue().splitlines()[-1])
     assert line["message"] == "key oa_live_[redacted] leaked"
     assert line["level"] == "WARNING" and line["logger"] == "openanalytics.test" and line["project_id"] == "prj_1"
@@ -255,15 +266,10 @@ def test_log_lines_are_json_with_the_trace_and_no_key():
 
 def test_kopf_object_log_lines_stay_json():
     """kopf's object loggers attach their settings (not serialisable) and object reference."""
-    out = io.StringIO()
     logger = logging.getLogger("kopf.objects.test")
-    handler = logs.handler("json", out)
-    logger.addHandler(handler)
-    try:
+    with captured(logger) as out:
         logger.info("Handler succeeded", extra={"settings": kopf.OperatorSettings(), "k8s_skip": False,
                                                 "k8s_ref": {"name": "shop"}})
-    finally:
-        logger.removeHandler(handler)
     line = json.loads(out.getvalue().splitlines()[-1])
     assert line["message"] == "Handler succeeded" and "settings" not in line
 
@@ -271,14 +277,9 @@ def test_kopf_object_log_lines_stay_json():
 async def test_no_key_ip_or_user_agent_in_any_log_line(client, make_tenant, worker, stores, caplog):
     """A day in the life at DEBUG level, every line captured and grepped."""
     tenant = make_tenant(scopes=["keys:manage", "privacy:delete", "events:write", "stats:read", "projects:read"])
-    out = io.StringIO()
-    root = logging.getLogger()
-    handler = logs.handler("json", out)
-    handler.setLevel(logging.DEBUG)
-    root.addHandler(handler)
     caplog.set_level(logging.DEBUG)
     secret_user_agent = "Mozilla/5.0 (X11; Linux x86_64) SecretBrowser/9.9.9"
-    try:
+    with captured(logging.getLogger()) as out:
         made = await client.post(f"/v1/projects/{tenant.id}/keys", headers=tenant.headers, json={"name": "extra"})
         new_key = made.json().get("secret", "")
         await client.post("/collect", json={"site_id": tenant.site_id, "url": "https://shop.example/"},
@@ -290,8 +291,6 @@ async def test_no_key_ip_or_user_agent_in_any_log_line(client, make_tenant, work
         await worker.flusher.ensure_group()
         await worker.flusher.run_once()
         await worker.forget()
-    finally:
-        root.removeHandler(handler)
     text = out.getvalue() + "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     assert text.strip(), "nothing was logged: the check would prove nothing"
     for secret in (tenant.secret, new_key, "oa_live_WrongWrongWrongWrongWrong", "203.0.113.7", secret_user_agent,
@@ -367,3 +366,11 @@ def test_otlp_protocol_from_the_environment(monkeypatch, protocol, module):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")
     with pytest.raises(ValueError, match="unsupported"):
         telemetry._otlp("traces")
+
+
+def test_bad_telemetry_settings_are_refused_by_name():
+    from pydantic import ValidationError
+
+    for bad in ({"collect_trace_ratio": 2}, {"collect_trace_ratio": -0.1}, {"prometheus_port": 0}):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            Settings(**bad)

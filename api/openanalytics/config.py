@@ -73,6 +73,14 @@ class Settings(BaseSettings):
         description="JSON plan definitions replacing the built-in plan limits; `migrate` re-applies them.",
     )
 
+    prometheus_port: int | None = Field(default=None, ge=1, le=65535,
+                                        description="Serve Prometheus metrics on this port (off when unset).")
+    prometheus_host: str = Field(default="0.0.0.0", description="Interface of the Prometheus endpoint.")
+    collect_trace_ratio: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Share of /collect requests traced when telemetry is on (default: 0.01, at most the sampler's).",
+    )
+
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = Field(default="json", description="Log lines as JSON (with trace ids) or text.")
 

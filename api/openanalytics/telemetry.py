@@ -100,14 +100,11 @@ def enabled() -> bool:
     return _enabled
 
 
-def wanted(env: dict[str, str] | None = None) -> bool:
+def wanted(settings) -> bool:
     """Whether the environment asks for telemetry."""
-    env = os.environ if env is None else env
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
-    return any(env.get(name) for name in (
-        "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-        "OA_PROMETHEUS_PORT"))
+    return settings.prometheus_port is not None or _signal_configured("traces") or _signal_configured("metrics")
 
 
 def _otlp(signal: str):
@@ -122,14 +119,18 @@ def _otlp(signal: str):
     return trace_exporter.OTLPSpanExporter() if signal == "traces" else metric_exporter.OTLPMetricExporter()
 
 
-def configure(service: str, *, span_exporter=None, metric_readers: list | None = None) -> bool:
+def configure(service: str, settings=None, *, span_exporter=None, metric_readers: list | None = None) -> bool:
     """Install the SDK for this process once; exporters from the environment unless given (tests).
 
     Returns whether telemetry is on."""
-    global _enabled
+    global _enabled, _kept_tracer, _collect_ratio, _tracing
     if _enabled:
         return True
-    if span_exporter is None and metric_readers is None and not wanted():
+    if settings is None:
+        from openanalytics.config import get_settings
+
+        settings = get_settings()
+    if span_exporter is None and metric_readers is None and not wanted(settings):
         return False
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
@@ -150,18 +151,17 @@ def configure(service: str, *, span_exporter=None, metric_readers: list | None =
             span_exporter = _otlp("traces")
         if _signal_configured("metrics"):
             readers.append(PeriodicExportingMetricReader(_otlp("metrics")))
-        port = os.environ.get("OA_PROMETHEUS_PORT")
-        if port:
+        if settings.prometheus_port is not None:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
             from prometheus_client import start_http_server
 
-            start_http_server(int(port), addr=os.environ.get("OA_PROMETHEUS_HOST", "0.0.0.0"))
+            start_http_server(settings.prometheus_port, addr=settings.prometheus_host)
             readers.append(PrometheusMetricReader())
-    global _kept_tracer, _collect_ratio, _tracing
     # /collect decides its sampling itself, before any OpenTelemetry call: an unsampled hit pays
     # one random() and no span. Its sampled spans go through a provider that keeps them all.
-    _collect_ratio = float(os.environ.get("OA_COLLECT_TRACE_RATIO",
-                                          min(_root_ratio(tracer_provider.sampler), COLLECT_SAMPLE_RATIO)))
+    _collect_ratio = settings.collect_trace_ratio
+    if _collect_ratio is None:
+        _collect_ratio = min(_root_ratio(tracer_provider.sampler), COLLECT_SAMPLE_RATIO)
     kept_provider = TracerProvider(resource=resource, sampler=ALWAYS_ON)
     for provider in (tracer_provider, kept_provider):
         provider.add_span_processor(Redact())  # before export: no client address, User-Agent or user id

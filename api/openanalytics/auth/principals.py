@@ -32,7 +32,7 @@ class Principal:
     project_id: str
     scopes: frozenset[str]
     requests_per_minute: int
-    plan: str = ""
+    plan: str
 
 
 def _load(db: Database, secret: str) -> Principal | None:
