@@ -27,6 +27,7 @@ from openanalytics.stores.clickhouse import EventStore
 from openanalytics.stores.redis import make_redis
 from openanalytics.stores.sql import Database
 from openanalytics.worker.runner import Worker
+from tests.helpers import CollectTransport
 from tests.support import clickhouse_http
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 Safari/537.36"
@@ -95,7 +96,7 @@ def app(stores):
 
 @pytest.fixture
 async def client(app) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 51000))
+    transport = CollectTransport(app=app, client=("203.0.113.7", 51000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver", headers={"User-Agent": BROWSER}) as http:
         yield http
 

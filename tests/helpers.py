@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import httpx
+
 from openanalytics.provisioning.events_schema import database_name
 from openanalytics.runtime import Stores
+
+
+class CollectTransport(httpx.ASGITransport):
+    """The app in-process, as a test wants /collect: answered, then its hits stored before the
+    response is handed back (the app answers /collect first and stores it a moment later)."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if request.url.path == "/collect":
+            await self.app.state.collector.settle()
+        return response
 
 
 async def stored_rows(stores: Stores, project_id: str, columns: str = "*") -> list[tuple]:

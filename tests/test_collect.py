@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import httpx
@@ -10,7 +11,8 @@ import pytest
 
 from openanalytics.app import create_app
 
-from tests.helpers import stored_rows, stream_length
+from tests.conftest import BROWSER
+from tests.helpers import CollectTransport, stored_rows, stream_length
 
 PAGE = "https://shop.example/pricing?utm_source=newsletter&utm_medium=email"
 
@@ -43,7 +45,7 @@ async def test_pageview_is_stored_with_enrichment(client, stores, worker, make_t
 
 async def visitor_of(stores, app, tenant, worker, ip: str, headers: dict | None = None) -> int:
     marker = f"/{secrets.token_hex(4)}"
-    transport = httpx.ASGITransport(app=app, client=(ip, 40000))
+    transport = CollectTransport(app=app, client=(ip, 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
         body = {"site_id": tenant.site_id, "url": "https://shop.example" + marker}
         assert_silent(await http.post("/collect", json=body, headers={"User-Agent": "UA/1", **(headers or {})}))
@@ -152,3 +154,73 @@ async def test_store_failure_is_still_204(client, stores, tenant, monkeypatch):
     monkeypatch.setattr(Committer, "_call", broken)
     assert_silent(await client.post("/collect", json=hit(tenant.site_id)))
     assert_silent(await client.post("/collect", json=hit(tenant.site_id)))  # and the next one too
+
+
+# -- answered first, stored a moment later ---------------------------------------------------
+
+
+class HeldRedis:
+    """Stands in for a Redis that is slow to answer the commit script, until released."""
+
+    def __init__(self, monkeypatch):
+        from openanalytics.ingest.commit import Committer
+
+        self.release = asyncio.Event()
+        self.calls = 0
+        original = Committer._call
+
+        async def held(committer, argv):
+            self.calls += 1
+            await self.release.wait()
+            return await original(committer, argv)
+
+        monkeypatch.setattr(Committer, "_call", held)
+
+
+def plain_client(app) -> httpx.AsyncClient:
+    """No settling after /collect: what a browser sees."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("198.51.100.4", 1)), base_url="http://t",
+                             headers={"User-Agent": BROWSER})
+
+
+async def test_the_answer_does_not_wait_for_redis(stores, worker, tenant, monkeypatch):
+    held = HeldRedis(monkeypatch)
+    app = create_app(stores)
+    async with plain_client(app) as http:
+        async with asyncio.timeout(5):  # would hang if the response waited for the held call
+            assert_silent(await http.post("/collect", json=hit(tenant.site_id)))
+        await asyncio.sleep(0.05)
+        assert held.calls == 1 and await stream_length(stores) == 0
+        held.release.set()
+        await app.state.collector.settle()
+    assert await stream_length(stores) == 1
+
+
+async def test_a_full_queue_drops_new_hits_silently_and_says_so(stores, worker, tenant, monkeypatch, caplog):
+    from openanalytics.ingest import collect
+
+    held = HeldRedis(monkeypatch)
+    monkeypatch.setattr(collect, "MAX_QUEUED", 2)
+    app = create_app(stores)
+    async with plain_client(app) as http:
+        assert_silent(await http.post("/collect", json=hit(tenant.site_id, url=PAGE + "&n=1")))
+        while held.calls == 0:  # the first is taken and held in Redis; two more fit in the queue
+            await asyncio.sleep(0.001)
+        for n in (2, 3, 4):
+            assert_silent(await http.post("/collect", json=hit(tenant.site_id, url=PAGE + f"&n={n}")))
+        held.release.set()
+        await app.state.collector.settle()
+    await worker.drain()
+    urls = sorted(url for (url,) in await stored_rows(stores, tenant.id, "url"))
+    assert urls == [PAGE + "&n=1", PAGE + "&n=2", PAGE + "&n=3"]
+    assert "collect queue full" in caplog.text
+
+
+async def test_a_stopping_server_stores_what_it_answered(stores, worker, tenant, monkeypatch):
+    held = HeldRedis(monkeypatch)
+    app = create_app(stores)
+    async with app.router.lifespan_context(app):
+        async with plain_client(app) as http:
+            assert_silent(await http.post("/collect", json=hit(tenant.site_id)))
+        asyncio.get_running_loop().call_later(0.05, held.release.set)
+    assert await stream_length(stores) == 1, "shutdown waited for the queued hit"

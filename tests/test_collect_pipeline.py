@@ -13,7 +13,7 @@ import pytest
 from openanalytics.ingest.geo import Geo
 from openanalytics.ingest.visitor import anonymise_ip
 from tests.conftest import BROWSER
-from tests.helpers import stored_rows
+from tests.helpers import CollectTransport, stored_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 UA = {
@@ -57,7 +57,7 @@ def city_db(tmp_path_factory) -> Path:
 
 
 def client_at(app, ip: str, ua: str = BROWSER, **headers) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, client=(ip, 50000))
+    transport = CollectTransport(app=app, client=(ip, 50000))
     return httpx.AsyncClient(transport=transport, base_url="http://t", headers={"User-Agent": ua, **headers})
 
 

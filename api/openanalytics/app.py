@@ -60,6 +60,7 @@ def create_app(
             yield
         finally:
             try:
+                await app.state.collector.settle()  # what /collect answered but has not stored yet
                 stop.set()
                 await listener
                 if task is not None:

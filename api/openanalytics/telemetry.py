@@ -53,7 +53,7 @@ METER.create_observable_counter(
     "oa.collect.events", callbacks=[_observe_collect], unit="{event}",
     description="Browser events at /collect by outcome (accepted or the reason).")
 COLLECT_DURATION = METER.create_histogram(
-    "oa.collect.duration", unit="s", description="Time to answer a /collect request (the sampled ones).")
+    "oa.collect.duration", unit="s", description="Time to read, queue and answer a /collect request (the sampled ones).")
 SERVER_EVENTS = METER.create_counter(
     "oa.events.server", unit="{event}", description="Server-side events by outcome (accepted, rejected).")
 INGEST_LAG = METER.create_histogram(

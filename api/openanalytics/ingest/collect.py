@@ -1,18 +1,22 @@
 """`POST /collect`: the public browser endpoint. Always 204, empty, whatever happened.
 
-A request becomes a `Hit`; each event in it goes through the steps of `Collector.steps`,
-in order. A step may drop the event for a reason from `DropReason`. The last steps, the
-per-IP and per-site budgets, the session and storing, run in Redis for a whole batch of
-hits at once (commit.py). Nothing about any of it reaches the response, but for a known
+Since nothing about a hit reaches the response, the response goes first: a request is read,
+queued in the process, and answered. A processor task takes what queued up (waiting a
+moment for company) and runs it as one batch: each request becomes a `Hit`, each event in
+it goes through the steps of `Collector.steps` in order, and a step may drop the event for
+a reason from `DropReason`. The last steps, the per-IP and per-site budgets, the session
+and storing, run in Redis in one script call for the whole batch (commit.py). For a known
 site every outcome is kept for Verify Installation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +60,12 @@ MAX_URL = 2048
 _FAILURE_LOG_EVERY = 10.0
 _random = random.Random()
 SITE_LOOKUPS_PER_SECOND = 200  # per process: site ids not in the cache, looked up in the database
+MAX_QUEUED = 20_000  # requests read but not yet stored, per process; past it new ones are dropped
+LINGER_SECONDS = 0.002  # a batch waits this long for company: fewer, fuller Redis calls
+BATCH_TARGET = 200  # ...unless it has this many requests already
+SLICE = 16  # requests prepared between yields to the loop, which meanwhile answers new ones...
+HIGH_WATER = 500  # ...while fewer than this many wait: past it the processor keeps the loop, and new
+# requests wait in the sockets (backpressure that costs nothing per request)
 
 
 class TokenBucket:
@@ -85,6 +95,7 @@ class DropReason(StrEnum):
     bot = "bot"
     rate_limited_ip = "rate_limited_ip"
     rate_limited_site = "rate_limited_site"
+    overloaded = "overloaded"  # more requests queued in this process than it can store
 
 
 class Dropped(Exception):
@@ -227,6 +238,9 @@ class Collector:
         self.salts = Salts(stores.redis)
         self.committer = commit.Committer(stores.redis, self.settings.stream_key, WINDOW_MS, int(SESSION_IDLE.total_seconds() * 1000))
         self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
+        self._queued: list[tuple[bytes, str, dict[str, str], datetime, str | None]] = []
+        self._processor: asyncio.Task | None = None
+        self._logged_at = 0.0
         # The site and the salts are looked up (async) before the steps run; the budgets, the session
         # and storing happen last, in Redis, for a batch of hits (commit.py).
         self.steps = [
@@ -346,10 +360,87 @@ class Collector:
             hit.received_ms, hit.day, event.row["event_type"], event.row.get("path", ""), event.row["referrer_source"],
         )
 
-    async def handle(self, body: bytes, peer: str, headers: dict[str, str], traced: bool = False) -> list[str]:
-        """Run the steps over every event of one request and store what passes. Returns the outcomes.
+    def submit(self, body: bytes, peer: str, headers: dict[str, str], parent: str | None = None) -> bool:
+        """Queue one request for the processor; False if the queue is full (the request is dropped).
 
-        `traced`: the request has a sampled span, which the flush span will link to."""
+        `parent`: the request's sampled trace, which the flush span will link to."""
+        if len(self._queued) >= MAX_QUEUED:
+            self.log_failure("collect queue full (%d requests): dropping new ones; Redis slow or down?" % MAX_QUEUED)
+            return False
+        self._queued.append((body, peer, headers, self.clock(), parent))
+        if self._processor is None:
+            # A fresh context: the batch serves many requests, not the one that happened to start it.
+            self._processor = asyncio.get_running_loop().create_task(self._process(), context=contextvars.Context())
+        return True
+
+    async def settle(self) -> None:
+        """Wait until every queued request is stored (or dropped)."""
+        while self._processor is not None:
+            await asyncio.shield(self._processor)
+
+    async def _process(self) -> None:
+        """Batches while requests queue up. A batch's Redis call overlaps the preparing of the next one
+        (one call in flight at a time, so hits reach Redis in the order they arrived)."""
+        storing: asyncio.Future | None = None
+        try:
+            while self._queued or storing is not None:
+                if not self._queued:
+                    await storing
+                    storing = None
+                    continue
+                if len(self._queued) < BATCH_TARGET:
+                    await asyncio.sleep(LINGER_SECONDS)
+                batch, self._queued = self._queued, []
+                fields, others = await self.prepare_batch(batch)
+                if storing is not None:
+                    await storing
+                storing = asyncio.ensure_future(self.store(fields, others))
+        finally:
+            self._processor = None
+
+    async def prepare_batch(self, batch: list[tuple[bytes, str, dict[str, str], datetime, str | None]]
+                            ) -> tuple[list[list], list[str]]:
+        """The commit script's fields for a batch of requests, and the outcomes of what is not stored."""
+        fields, others = [], []
+        for n, (body, peer, headers, received, parent) in enumerate(batch, 1):
+            if n % SLICE == 0 and len(self._queued) < HIGH_WATER:
+                await asyncio.sleep(0)
+            try:
+                prepared, unattributed = await self.prepare(body, peer, headers, received, parent)
+            except Dropped as dropped:
+                others.append(dropped.reason.value)  # nothing attributable to a site (malformed)
+            except Exception:
+                self.log_failure()
+                others.append("failed")
+            else:
+                fields += prepared
+                others += unattributed
+        return fields, others
+
+    async def store(self, fields: list[list], others: list[str]) -> None:
+        """Commit a prepared batch and count every outcome; never raises."""
+        outcomes = others
+        if fields:
+            try:
+                outcomes = await self.committer.commit(fields) + others
+            except Exception:
+                self.log_failure()
+                outcomes = ["failed"] * len(fields) + others
+        if telemetry.enabled():
+            telemetry.count_collect(outcomes)
+
+    def log_failure(self, why: str = "collect failed") -> None:
+        """Log a failure (with the exception being handled, if any), at most once in a while."""
+        now = time.monotonic()
+        if now - self._logged_at > _FAILURE_LOG_EVERY:  # an outage must not flood the log
+            self._logged_at = now
+            log.error("%s (further failures in the next %ds are not logged)", why, int(_FAILURE_LOG_EVERY),
+                      exc_info=sys.exc_info()[0] is not None)
+
+    async def prepare(self, body: bytes, peer: str, headers: dict[str, str], received: datetime,
+                      parent: str | None = None) -> tuple[list[list], list[str]]:
+        """Run the steps over every event of one request: the commit script's fields for the events of
+        known sites, and the outcomes of the others."""
         items = parse_items(body, self.settings.collect_max_batch)
         sites: dict[str | None, Site | None] = {None: None}
         for item in items:
@@ -357,16 +448,15 @@ class Collector:
             if site_id not in sites:
                 sites[site_id] = await self.site(site_id)
         if not any(sites.values()):
-            return [DropReason.unknown_site.value] * len(items)  # nothing to attribute to a site
+            return [], [DropReason.unknown_site.value] * len(items)  # nothing to attribute to a site
         hit = Hit(
             ip=client_ip(peer, headers.get("x-forwarded-for"), self.trusted_proxies),
             user_agent=headers.get("user-agent", "")[:MAX_USER_AGENT],
             accept_language=headers.get("accept-language", ""),
-            received=self.clock(),
+            received=received,
         )
         await self.load_salts(hit)
         fields, unattributed = [], []
-        parent = telemetry.traceparent() if traced else None
         for item in items:
             event = Event(item, sites[_site_id(item)])
             try:
@@ -381,7 +471,7 @@ class Collector:
             if parent:  # the flush span links back to this request
                 event.row["tp"] = parent
             fields.append(self.script_fields(hit, event, None))
-        return (await self.committer.commit(fields) if fields else []) + unattributed
+        return fields, unattributed
 
 
 class CollectEndpoint:
@@ -392,7 +482,6 @@ class CollectEndpoint:
         self.app = app
         self.collector = collector
         self.limit = collector.settings.collect_max_body_bytes
-        self._logged_at = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/collect" or scope["method"] not in ("POST", "OPTIONS"):
@@ -403,32 +492,29 @@ class CollectEndpoint:
                 timer = telemetry.Timer()
                 with telemetry.collect_span(**{"http.request.method": "POST", "http.route": "/collect",
                                                "http.response.status_code": 204}):
-                    outcomes = await self._collect(scope, receive, traced=True)
+                    await self._receive(scope, receive, telemetry.traceparent())
                 telemetry.COLLECT_DURATION.record(timer.seconds())
-                telemetry.count_collect(outcomes)
-            elif telemetry.enabled():
-                telemetry.count_collect(await self._collect(scope, receive))
             else:
-                await self._collect(scope, receive)
+                await self._receive(scope, receive)
         await send({"type": "http.response.start", "status": 204, "headers": _CORS_HEADERS})
         await send({"type": "http.response.body", "body": b""})
 
-    async def _collect(self, scope: Scope, receive: Receive, traced: bool = False) -> list[str]:
-        """Every event's outcome; never raises."""
+    async def _receive(self, scope: Scope, receive: Receive, parent: str | None = None) -> None:
+        """Read the request and queue it; never raises. Its outcomes are counted when it is stored."""
         try:
             headers = _wanted_headers(scope)
             body = await _read_body(receive, headers.get("content-length"), self.limit)
             peer = scope["client"][0] if scope.get("client") else ""
-            return await self.collector.handle(body, peer, headers, traced)
+            if self.collector.submit(body, peer, headers, parent):
+                return
+            outcome = DropReason.overloaded.value
         except Dropped as dropped:
-            return [dropped.reason.value]  # nothing attributable to a site (too large, malformed)
+            outcome = dropped.reason.value  # nothing attributable to a site (too large, malformed)
         except Exception:  # the public endpoint never answers 5xx
-            now = time.monotonic()
-            if now - self._logged_at > _FAILURE_LOG_EVERY:  # an outage must not flood the log
-                self._logged_at = now
-                log.exception("collect failed (further failures in the next %ds are not logged)",
-                              int(_FAILURE_LOG_EVERY))
-            return ["failed"]
+            self.collector.log_failure()
+            outcome = "failed"
+        if telemetry.enabled():
+            telemetry.count_collect([outcome])
 
 
 _WANTED = {b"user-agent", b"accept-language", b"content-length", b"x-forwarded-for"}

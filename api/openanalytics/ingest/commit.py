@@ -1,10 +1,10 @@
-"""Storing /collect hits in Redis: one script call for a whole batch of concurrent hits.
+"""Storing /collect hits in Redis: one script call for a whole batch of hits.
 
 The last steps of the pipeline need Redis: the per-IP and per-site budgets, the session,
 the stream append, and the Verify Installation record. Doing them one command at a time
-made Redis client overhead the cost of /collect. Instead, hits wait in a queue while one
-round trip is under way, and the next round trip carries them all to one Lua script that
-does every hit's work in order, atomically, and answers each hit's outcome.
+made Redis client overhead the cost of /collect. Instead the collector's processor hands
+over every hit that queued up, and one Lua script does every hit's work in order,
+atomically, and answers each hit's outcome.
 
 The hits travel as one JSON array (decoded by Redis's C cjson, not by Lua code), and Lua
 keeps visitor and session ids and times as strings (its numbers are doubles).
@@ -12,8 +12,6 @@ keeps visitor and session ids and times as strings (its numbers are doubles).
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import hashlib
 import logging
 
@@ -146,46 +144,18 @@ def dropped(project_id: str, arrival: str, reason: str, stamp_ms: int, day: str)
 class Committer:
     def __init__(self, redis: aioredis.Redis, stream: str, window_ms: int, idle_ms: int):
         self.redis = redis
-        self.stream = stream
-        self.window_ms = window_ms
-        self.idle_ms = idle_ms
-        self._waiting: list[tuple[list[bytes], asyncio.Future]] = []
-        self._flusher: asyncio.Task | None = None
+        self.shared = [window_ms, idle_ms, stream, arrivals.KEEP, arrivals.TTL_SECONDS]
 
     async def commit(self, hits: list[list]) -> list[str]:
         """Store `hits` (from `accepted` and `dropped`); returns each outcome. Raises if Redis fails."""
-        future = asyncio.get_running_loop().create_future()
-        self._waiting.append((hits, future))
-        if self._flusher is None or self._flusher.done():
-            # A fresh context: the batch serves many requests, not the one that happened to start it.
-            self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
-        return await future
+        outcomes: list[str] = []
+        for start in range(0, len(hits), MAX_HITS_PER_CALL):  # no call long enough to stall Redis
+            batch = orjson.dumps(hits[start:start + MAX_HITS_PER_CALL])
+            reply = await self._call([*self.shared, batch, RECENT_MS, MINUTES])
+            outcomes += (reply.decode() if isinstance(reply, bytes) else reply).split(",")
+        return outcomes
 
-    async def _flush(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            shared = [self.window_ms, self.idle_ms, self.stream, arrivals.KEEP, arrivals.TTL_SECONDS]
-            realtime = [RECENT_MS, MINUTES]
-            hits = [hit for request_hits, _ in batch for hit in request_hits]
-            try:
-                outcomes = []
-                for start in range(0, len(hits), MAX_HITS_PER_CALL):  # no call long enough to stall Redis
-                    reply = await self._call(shared + [orjson.dumps(hits[start:start + MAX_HITS_PER_CALL])] + realtime)
-                    outcomes += (reply.decode() if isinstance(reply, bytes) else reply).split(",")
-            except BaseException as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc if isinstance(exc, Exception) else ConnectionError("cancelled"))
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            position = 0
-            for hits, future in batch:
-                if not future.done():
-                    future.set_result(outcomes[position:position + len(hits)])
-                position += len(hits)
-
-    async def _call(self, argv: list) -> list:
+    async def _call(self, argv: list) -> bytes | str:
         try:
             return await self.redis.evalsha(_SHA, 0, *argv)
         except NoScriptError:
