@@ -31,16 +31,21 @@ def http_request(method: str, path: str, headers: dict[str, str], body: bytes = 
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def load(port: int, request: bytes, seconds: float, connections: int, ok=range(200, 300)) -> Result:
+async def load(port: int, request: bytes | list[bytes], seconds: float, connections: int,
+               ok=range(200, 300)) -> Result:
+    """Keep-alive connections sending `request` (or cycling through a list of them) for `seconds`."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
+    requests = [request] if isinstance(request, bytes) else request
 
-    async def connection() -> None:
+    async def connection(first: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        n = first
         try:
             while time.perf_counter() < deadline:
                 sent = time.perf_counter()
-                writer.write(request)
+                writer.write(requests[n % len(requests)])
+                n += 1
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = int(head[9:12])
                 if status not in ok:
@@ -56,18 +61,21 @@ async def load(port: int, request: bytes, seconds: float, connections: int, ok=r
             writer.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(connection() for _ in range(connections)))
+    await asyncio.gather(*(connection(i * 997) for i in range(connections)))
     return Result(len(latencies) / (time.perf_counter() - started), latencies)
 
 
-def load_arguments(doc: str):
-    """--seconds, --rounds and --connections, the options of the load benchmarks."""
+def load_arguments(doc: str, **more: int):
+    """--seconds, --rounds and --connections, the options of the load benchmarks, and `more` integer
+    options with their defaults."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
+    for name, default in more.items():
+        parser.add_argument(f"--{name}", type=int, default=default)
     return parser.parse_args()
 
 

@@ -1,10 +1,13 @@
 """/collect with the full pipeline against real Redis, beside a bare ASGI app answering 204,
 both measured in the same run on the same machine, one server process each.
 
-    python benchmarks/collect_pipeline.py [--seconds 3] [--rounds 5] [--connections 32]
+    python benchmarks/collect_pipeline.py [--seconds 3] [--rounds 5] [--connections 32] [--visitors 2000]
 
-Needs Redis on 127.0.0.1:6379 (database 15 is flushed). Rounds alternate between the two
-servers; the median round's requests/s and its p50/p99 latency are reported.
+Needs Redis on 127.0.0.1:6379 (database 15 is flushed). The requests come from `--visitors`
+different addresses (behind a trusted proxy, as with an ingress) with some 60 different
+browsers, on 50 pages, so the caches see a realistic mix; `--visitors 1` sends one request
+over and over. Rounds alternate between the two servers; the median round's requests/s and
+its p50/p99 latency are reported.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import gc
 import json
 import os
+import random
 import tempfile
 from pathlib import Path
 
@@ -55,29 +59,65 @@ def serve_full(port: int) -> None:
     uvicorn.run(served(app), host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False)
 
 
-def collect_request(env: dict) -> bytes:
-    """A project without collect limits, and one /collect request for it, as raw HTTP."""
+def user_agents() -> list[str]:
+    """Some 60 real-world User-Agent strings: the browsers, versions and systems of a normal site."""
+    chrome = "AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 {m}Safari/537.36"
+    agents = []
+    for v in range(120, 132):
+        agents.append(f"Mozilla/5.0 (Windows NT 10.0; Win64; x64) {chrome.format(v=v, m='')}")
+        agents.append(f"Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) {chrome.format(v=v, m='')}")
+        agents.append(f"Mozilla/5.0 (Linux; Android 14; Pixel {v % 4 + 6}) {chrome.format(v=v, m='Mobile ')}")
+        agents.append(f"Mozilla/5.0 (X11; Linux x86_64; rv:{v}.0) Gecko/20100101 Firefox/{v}.0")
+    for minor in range(6):
+        agents.append(f"Mozilla/5.0 (iPhone; CPU iPhone OS 17_{minor} like Mac OS X) AppleWebKit/605.1.15 "
+                      f"(KHTML, like Gecko) Version/17.{minor} Mobile/15E148 Safari/604.1")
+        agents.append(f"Mozilla/5.0 (iPad; CPU OS 17_{minor} like Mac OS X) AppleWebKit/605.1.15 "
+                      f"(KHTML, like Gecko) Version/17.{minor} Mobile/15E148 Safari/604.1")
+    return agents
+
+
+def collect_requests(env: dict, visitors: int = 2000, count: int = 8192) -> list[bytes]:
+    """A project without collect limits, and `count` /collect requests for it from `visitors` clients,
+    as raw HTTP (the client address in X-Forwarded-For, from a trusted proxy)."""
     project = cli(env, "projects", "create", "--name", "bench", "--plan", "business",
                   "--limit", "collect_per_ip_per_minute=1000000000", "--limit", "collect_per_site_per_minute=1000000000")
-    body = json.dumps({"site_id": project["site_id"], "url": "https://shop.example/pricing?utm_source=news",
-                       "referrer": "https://www.google.com/", "screen_width": 1440, "language": "en-US"}).encode()
-    return http_request("POST", "/collect", {"User-Agent": UA, "Accept-Language": "en-US,en;q=0.9",
-                                             "Content-Type": "text/plain", "X-Forwarded-For": "81.2.69.160"}, body)
+    rng = random.Random(7)
+    agents = user_agents()
+    clients = [(UA, "81.2.69.160")] if visitors == 1 else [
+        (rng.choice(agents), f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+         if rng.random() < 0.8 else f"2001:db8:{rng.randint(0, 0xffff):x}:{rng.randint(0, 0xffff):x}::{rng.randint(1, 0xffff):x}")
+        for _ in range(visitors)]
+    requests = []
+    for n in range(count if visitors > 1 else 1):
+        agent, address = clients[rng.randrange(len(clients))]
+        page = f"/p/{rng.randrange(50)}?utm_source=news" if rng.random() < 0.2 else f"/p/{rng.randrange(50)}"
+        body = json.dumps({"site_id": project["site_id"], "url": f"https://shop.example{page}",
+                           "referrer": rng.choice(["https://www.google.com/", "", "https://news.example/a"]),
+                           "screen_width": 1440, "language": "en-US"}).encode()
+        requests.append(http_request("POST", "/collect", {
+            "User-Agent": agent, "Accept-Language": "en-US,en;q=0.9", "Content-Type": "text/plain",
+            "X-Forwarded-For": address}, body))
+    return requests
+
+
+def collect_request(env: dict) -> bytes:
+    """One /collect request, sent over and over (the telemetry benchmark's load)."""
+    return collect_requests(env, visitors=1)[0]
 
 
 async def main() -> None:
-    args = load_arguments(__doc__)
+    args = load_arguments(__doc__, visitors=2000)
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OA_")}
         env.update(OA_DATABASE_URL=f"sqlite:///{Path(tmp) / 'cp.sqlite3'}", OA_REDIS_URL=REDIS_URL,
-                   OA_DATA_DIR=str(Path(tmp) / "data"))
+                   OA_DATA_DIR=str(Path(tmp) / "data"), OA_TRUSTED_PROXIES="127.0.0.1/32")
         geo = Path(__file__).resolve().parent.parent / ".tools" / "geoip" / "country.mmdb"
         if geo.is_file():
             env["OA_GEOIP_PATH"] = str(geo)
-        request = collect_request(env)
+        request = collect_requests(env, args.visitors)
         servers = {}
         for label, target in (("bare ASGI 204", "serve_bare"), (FULL, "serve_full")):
             port = free_port()
@@ -98,6 +138,7 @@ async def main() -> None:
                 proc.wait(30)
         stream = redis.Redis.from_url(REDIS_URL).xlen("oa:events")
     print(f"\n{args.rounds} rounds of {args.seconds:g} s per server, {args.connections} keep-alive connections, "
+          f"{args.visitors:,} visitors, "
           f"median round; the full pipeline answered {sent:,} requests and put {stream:,} events on the stream\n")
     print("| server | requests/s | p50 latency (ms) | p99 latency (ms) | share of bare |")
     print("|---|---:|---:|---:|---:|")
