@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class Result:
     rate: float  # requests per second
     latencies: list[float]  # seconds
+    cpu_us: float = 0.0  # the server's CPU time per request, where measured
 
     def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies)
@@ -77,6 +78,14 @@ def load_arguments(doc: str, **more: int):
     for name, default in more.items():
         parser.add_argument(f"--{name}", type=int, default=default)
     return parser.parse_args()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc): less noisy than throughput on shared CPUs."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from _load import free_port, load, load_arguments, start_server
+from _load import cpu_seconds, free_port, load, load_arguments, start_server
 from collect_pipeline import REDIS_URL, collect_request
 
 
@@ -54,12 +54,6 @@ def serve(port: int) -> None:
     gc.collect()
     gc.freeze()  # as the CLI does
     uvicorn.run(served(app), host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc): less noisy than throughput on shared CPUs."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pin(cpu: int) -> None:
@@ -100,9 +94,9 @@ async def main() -> None:
                 for label in (list(servers) if round_ % 2 == 0 else list(reversed(servers))):
                     queue.delete("oa:events")
                     port, proc = servers[label]
-                    before = _cpu_seconds(proc.pid)
+                    before = cpu_seconds(proc.pid)
                     result = await load(port, request, args.seconds, args.connections)
-                    result.cpu_us = (_cpu_seconds(proc.pid) - before) / len(result.latencies) * 1e6
+                    result.cpu_us = (cpu_seconds(proc.pid) - before) / len(result.latencies) * 1e6
                     results[label].append(result)
         finally:
             for _, proc in [*servers.values(), (None, collector)]:

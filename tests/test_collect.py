@@ -196,31 +196,126 @@ async def test_the_answer_does_not_wait_for_redis(stores, worker, tenant, monkey
     assert await stream_length(stores) == 1
 
 
-async def test_a_full_queue_drops_new_hits_silently_and_says_so(stores, worker, tenant, monkeypatch, caplog):
-    from openanalytics.ingest import collect
+def counted(monkeypatch) -> dict[str, int]:
+    """/collect's outcome counts, with telemetry's counting switched on."""
+    from openanalytics import telemetry
 
+    monkeypatch.setattr(telemetry, "enabled", lambda: True)
+    monkeypatch.setattr(telemetry, "collect_outcomes", {})
+    return telemetry.collect_outcomes
+
+
+async def stored_urls(stores) -> list[str]:
+    """The URLs on the stream, in stream order."""
+    entries = await stores.redis.xrange(stores.settings.stream_key)
+    return [orjson.loads(fields[b"e"])["url"] for _, fields in entries]
+
+
+async def test_hits_reach_redis_in_order_one_batch_at_a_time(stores, tenant, monkeypatch):
     held = HeldRedis(monkeypatch)
-    monkeypatch.setattr(collect, "MAX_QUEUED", 2)
     app = create_app(stores)
     async with plain_client(app) as http:
         assert_silent(await http.post("/collect", json=hit(tenant.site_id, url=PAGE + "&n=1")))
-        while held.calls == 0:  # the first is taken and held in Redis; two more fit in the queue
+        while held.calls == 0:
             await asyncio.sleep(0.001)
-        for n in (2, 3, 4):
-            assert_silent(await http.post("/collect", json=hit(tenant.site_id, url=PAGE + f"&n={n}")))
+        assert_silent(await http.post("/collect", json=hit(tenant.site_id, url=PAGE + "&n=2")))
+        await asyncio.sleep(0.05)
+        assert held.calls == 1, "the second batch waits for the first one's call"
         held.release.set()
         await app.state.collector.settle()
-    await worker.drain()
-    urls = sorted(url for (url,) in await stored_rows(stores, tenant.id, "url"))
-    assert urls == [PAGE + "&n=1", PAGE + "&n=2", PAGE + "&n=3"]
+    assert await stored_urls(stores) == [PAGE + "&n=1", PAGE + "&n=2"]
+
+
+async def test_a_full_queue_drops_new_hits_silently_and_says_so(stores, worker, tenant, monkeypatch, caplog):
+    from openanalytics.ingest import collect
+
+    outcomes = counted(monkeypatch)
+    held = HeldRedis(monkeypatch)
+    bodies = [orjson.dumps(hit(tenant.site_id, url=PAGE + f"&n={n}")) for n in (1, 2, 3, 4)]
+    monkeypatch.setattr(collect, "MAX_HELD_BYTES", sum(len(b) + collect.HELD_OVERHEAD for b in bodies[:3]))
+    app = create_app(stores)
+    async with plain_client(app) as http:
+        assert_silent(await http.post("/collect", content=bodies[0]))
+        while held.calls == 0:  # the first is held in Redis, and still counts
+            await asyncio.sleep(0.001)
+        for body in bodies[1:]:
+            async with asyncio.timeout(5):
+                assert_silent(await http.post("/collect", content=body))
+        held.release.set()
+        await app.state.collector.settle()
+    assert await stored_urls(stores) == [PAGE + "&n=1", PAGE + "&n=2", PAGE + "&n=3"]
+    assert outcomes == {"accepted": 3, "overloaded": 1}
     assert "collect queue full" in caplog.text
 
 
-async def test_a_stopping_server_stores_what_it_answered(stores, worker, tenant, monkeypatch):
+async def test_past_the_high_water_mark_answers_wait_for_the_processor(stores, tenant, monkeypatch):
+    from openanalytics.ingest import collect
+
+    held = HeldRedis(monkeypatch)
+    monkeypatch.setattr(collect, "HIGH_WATER", 1)
+    app = create_app(stores)
+    async with plain_client(app) as http:
+        assert_silent(await http.post("/collect", json=hit(tenant.site_id, url=PAGE + "&n=1")))
+        while held.calls == 0:  # taken, and held in Redis
+            await asyncio.sleep(0.001)
+        assert_silent(await http.post("/collect", json=hit(tenant.site_id, url=PAGE + "&n=2")))  # taken next
+        third = asyncio.create_task(http.post("/collect", json=hit(tenant.site_id, url=PAGE + "&n=3")))
+        await asyncio.sleep(0.1)
+        assert not third.done(), "the processor is stuck behind Redis: the answer waits"
+        held.release.set()
+        assert_silent(await third)
+        await app.state.collector.settle()
+    assert len(await stored_urls(stores)) == 3
+
+
+async def test_a_hung_redis_call_times_out_and_the_next_batch_goes_through(stores, tenant, monkeypatch, caplog):
+    from openanalytics.ingest import collect
+
+    outcomes = counted(monkeypatch)
+    held = HeldRedis(monkeypatch)
+    monkeypatch.setattr(collect, "STORE_TIMEOUT_SECONDS", 0.1)
+    app = create_app(stores)
+    async with plain_client(app) as http:
+        assert_silent(await http.post("/collect", json=hit(tenant.site_id, url=PAGE + "&n=1")))
+        await app.state.collector.settle()
+        assert outcomes == {"failed": 1} and "collect failed" in caplog.text
+        held.release.set()
+        assert_silent(await http.post("/collect", json=hit(tenant.site_id, url=PAGE + "&n=2")))
+        await app.state.collector.settle()
+    assert await stored_urls(stores) == [PAGE + "&n=2"]
+
+
+def quick_listener(monkeypatch) -> None:
+    """The invalidation listener stops at once (the real one polls twice a second), so a test of
+    shutdown sees shutdown's own waiting."""
+    import openanalytics.app
+
+    async def listen(redis, caches, stop):
+        await stop.wait()
+
+    monkeypatch.setattr(openanalytics.app, "listen_for_changes", listen)
+
+
+async def test_a_stopping_server_stores_what_it_answered(stores, tenant, monkeypatch):
+    quick_listener(monkeypatch)
     held = HeldRedis(monkeypatch)
     app = create_app(stores)
     async with app.router.lifespan_context(app):
         async with plain_client(app) as http:
             assert_silent(await http.post("/collect", json=hit(tenant.site_id)))
-        asyncio.get_running_loop().call_later(0.05, held.release.set)
+        asyncio.get_running_loop().call_later(0.3, held.release.set)
     assert await stream_length(stores) == 1, "shutdown waited for the queued hit"
+
+
+async def test_a_stop_does_not_wait_for_a_hung_redis_for_ever(stores, tenant, monkeypatch, caplog):
+    import openanalytics.app
+
+    quick_listener(monkeypatch)
+    HeldRedis(monkeypatch)  # never released
+    monkeypatch.setattr(openanalytics.app, "SETTLE_SECONDS", 0.2)
+    app = create_app(stores)
+    async with asyncio.timeout(5):
+        async with app.router.lifespan_context(app):
+            async with plain_client(app) as http:
+                assert_silent(await http.post("/collect", json=hit(tenant.site_id)))
+    assert "answered /collect requests could not be stored" in caplog.text

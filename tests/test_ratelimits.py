@@ -106,10 +106,14 @@ async def test_public_endpoints_carry_no_budget(client):
     assert "x-ratelimit-limit" not in (await client.post("/collect", content=b"{}")).headers
 
 
-async def test_without_redis_reads_work_writes_say_503_and_collect_stays_silent(stores, tenant):
+async def test_without_redis_reads_work_writes_say_503_and_collect_stays_silent(stores, tenant, monkeypatch):
+    from openanalytics import telemetry
+
+    monkeypatch.setattr(telemetry, "enabled", lambda: True)
+    monkeypatch.setattr(telemetry, "collect_outcomes", {})
     dead = make_redis("redis://127.0.0.1:1/0")
     broken = Stores(settings=stores.settings, db=stores.db, redis=dead, events=stores.events)
-    transport = httpx.ASGITransport(app=create_app(broken))
+    transport = CollectTransport(app=create_app(broken))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
         read = await http.get(f"/v1/projects/{tenant.id}", headers=tenant.headers)
         assert read.status_code == 200 and budget(read)[:2] == (6000, 6000), "fail open: not counted"
@@ -118,6 +122,7 @@ async def test_without_redis_reads_work_writes_say_503_and_collect_stays_silent(
         assert write.headers["retry-after"] == "5"
         hit = await http.post("/collect", json={"site_id": tenant.site_id, "url": "https://a.example/"})
         assert hit.status_code == 204 and hit.content == b""
+    assert telemetry.collect_outcomes == {"failed": 1}
     await dead.aclose()
 
 

@@ -345,9 +345,11 @@ def test_prometheus_scrape_endpoint(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
         httpx.post(f"http://127.0.0.1:{port}/collect", json={"site_id": "site_0000000000000000"})
-        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
-        assert re.search(r'^oa_collect_events_total\{[^}]*outcome="unknown_site"[^}]*\} 1\.0$', scraped, re.M), \
-            [line for line in scraped.splitlines() if line.startswith("oa_")]
+        counted = re.compile(r'^oa_collect_events_total\{[^}]*outcome="unknown_site"[^}]*\} 1\.0$', re.M)
+        deadline = time.monotonic() + 10  # /collect answers first and counts when the hit is processed
+        while not counted.search(scraped := httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text):
+            assert time.monotonic() < deadline, [line for line in scraped.splitlines() if line.startswith("oa_")]
+            time.sleep(0.05)
         lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
         assert any(line["message"] == "telemetry on" for line in lines)  # JSON lines, from the start
     finally:

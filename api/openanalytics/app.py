@@ -60,7 +60,7 @@ def create_app(
             yield
         finally:
             try:
-                await app.state.collector.settle()  # what /collect answered but has not stored yet
+                await settle(app.state.collector)
                 stop.set()
                 await listener
                 if task is not None:
@@ -104,6 +104,18 @@ def create_app(
     events_body = {"requestBody": events.request_body_spec(stores.settings.events_max_batch)}
     app.openapi = lambda: build_openapi(app, [EventIn], {("/v1/projects/{project_id}/events", "post"): events_body})
     return app
+
+
+SETTLE_SECONDS = 20  # within Kubernetes' default 30 s grace period, leaving time for the rest
+
+
+async def settle(collector: collect.Collector) -> None:
+    """Store what /collect answered but has not stored yet; a stop must go on even if that fails."""
+    try:
+        async with asyncio.timeout(SETTLE_SECONDS):
+            await collector.settle()
+    except Exception:
+        log.exception("stopping: %d answered /collect requests could not be stored", collector.queued)
 
 
 def served(app: FastAPI):

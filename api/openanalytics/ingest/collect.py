@@ -18,9 +18,10 @@ import random
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
@@ -60,12 +61,15 @@ MAX_URL = 2048
 _FAILURE_LOG_EVERY = 10.0
 _random = random.Random()
 SITE_LOOKUPS_PER_SECOND = 200  # per process: site ids not in the cache, looked up in the database
-MAX_QUEUED = 20_000  # requests read but not yet stored, per process; past it new ones are dropped
-LINGER_SECONDS = 0.002  # a batch waits this long for company: fewer, fuller Redis calls
+MAX_HELD_BYTES = 32 * 2**20  # request bodies read but not yet stored (queued, being prepared or stored),
+# per process; past it new requests are dropped: memory stays bounded whatever Redis does
+HELD_OVERHEAD = 512  # bytes counted per request beyond its body (headers, bookkeeping)
+HIGH_WATER = 500  # past this many queued requests, a request is answered once the processor takes a batch
+MAX_BATCH = 1_000  # requests per batch
+LINGER_SECONDS = 0.002  # a batch waits this long for company: fewer, fuller Redis calls...
 BATCH_TARGET = 200  # ...unless it has this many requests already
-SLICE = 16  # requests prepared between yields to the loop, which meanwhile answers new ones...
-HIGH_WATER = 500  # ...while fewer than this many wait: past it the processor keeps the loop, and new
-# requests wait in the sockets (backpressure that costs nothing per request)
+SLICE = 16  # requests prepared between yields to the event loop
+STORE_TIMEOUT_SECONDS = 10.0  # a batch's Redis call; a hung Redis must not stall /collect for good
 
 
 class TokenBucket:
@@ -84,6 +88,9 @@ class TokenBucket:
             return False
         self.tokens -= 1
         return True
+
+
+SESSION_IDLE_MS = int(SESSION_IDLE.total_seconds() * 1000)
 
 
 class DropReason(StrEnum):
@@ -226,6 +233,9 @@ def _site_id(item: dict[str, Any]) -> str | None:
     return site_id if isinstance(site_id, str) and SITE_ID.match(site_id) else None
 
 
+Pending = tuple[bytes, str, dict[str, str], datetime, str | None]  # body, peer, headers, received, trace
+
+
 class Collector:
     def __init__(self, stores, geo: Geo, clock: Callable[[], datetime] | None = None):
         self.stores = stores
@@ -236,11 +246,13 @@ class Collector:
         self._lookups = TokenBucket(SITE_LOOKUPS_PER_SECOND)
         self._looking: dict[str, asyncio.Future] = {}  # site id -> its one lookup in flight
         self.salts = Salts(stores.redis)
-        self.committer = commit.Committer(stores.redis, self.settings.stream_key, WINDOW_MS, int(SESSION_IDLE.total_seconds() * 1000))
+        self.committer = commit.Committer(stores.redis, self.settings.stream_key, WINDOW_MS, SESSION_IDLE_MS)
         self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
-        self._queued: list[tuple[bytes, str, dict[str, str], datetime, str | None]] = []
+        self._queued: deque[Pending] = deque()
+        self._held = 0  # bytes, see MAX_HELD_BYTES
+        self._room: asyncio.Future | None = None  # resolved when the processor takes a batch
         self._processor: asyncio.Task | None = None
-        self._logged_at = 0.0
+        self._logged_at: dict[str, float] = {}
         # The site and the salts are looked up (async) before the steps run; the budgets, the session
         # and storing happen last, in Redis, for a batch of hits (commit.py).
         self.steps = [
@@ -278,12 +290,6 @@ class Collector:
             return site
         finally:
             del self._looking[site_id]
-
-    async def load_salts(self, hit: Hit) -> None:
-        hit.salt = await self.salts.for_day(hit.day)
-        if hit.received_ms % 86_400_000 <= SESSION_IDLE.total_seconds() * 1000:
-            hit.previous_salt = await self.salts.for_day(day_of(hit.received - timedelta(days=1)))
-        hit.budget_tag = client_tag(hit.ip, hit.salt)
 
     # -- steps, in order ------------------------------------------------------
 
@@ -361,17 +367,32 @@ class Collector:
         )
 
     def submit(self, body: bytes, peer: str, headers: dict[str, str], parent: str | None = None) -> bool:
-        """Queue one request for the processor; False if the queue is full (the request is dropped).
+        """Queue one request for the processor; False if too much is held already (the request is dropped).
 
         `parent`: the request's sampled trace, which the flush span will link to."""
-        if len(self._queued) >= MAX_QUEUED:
-            self.log_failure("collect queue full (%d requests): dropping new ones; Redis slow or down?" % MAX_QUEUED)
+        size = len(body) + HELD_OVERHEAD
+        if self._held + size > MAX_HELD_BYTES:
+            self.log_failure(f"collect queue full ({MAX_HELD_BYTES // 2**20} MiB held): dropping new hits; "
+                             "is Redis slow or down?", "overloaded")
             return False
+        self._held += size
         self._queued.append((body, peer, headers, self.clock(), parent))
         if self._processor is None:
             # A fresh context: the batch serves many requests, not the one that happened to start it.
             self._processor = asyncio.get_running_loop().create_task(self._process(), context=contextvars.Context())
         return True
+
+    @property
+    def queued(self) -> int:
+        return len(self._queued)
+
+    async def room(self) -> None:
+        """Backpressure: past the high-water mark, wait until the processor takes a batch."""
+        if len(self._queued) < HIGH_WATER:
+            return
+        if self._room is None or self._room.done():
+            self._room = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._room)  # one waiter going away must not cancel it for the others
 
     async def settle(self) -> None:
         """Wait until every queued request is stored (or dropped)."""
@@ -384,70 +405,107 @@ class Collector:
         storing: asyncio.Future | None = None
         try:
             while self._queued or storing is not None:
-                if not self._queued:
-                    await storing
+                if storing is not None and storing.done():
                     storing = None
+                if not self._queued:
+                    if storing is not None:  # until it is stored or more requests come
+                        await asyncio.wait([storing], timeout=LINGER_SECONDS)
                     continue
                 if len(self._queued) < BATCH_TARGET:
                     await asyncio.sleep(LINGER_SECONDS)
-                batch, self._queued = self._queued, []
+                batch = [self._queued.popleft() for _ in range(min(MAX_BATCH, len(self._queued)))]
+                if self._room is not None and not self._room.done():
+                    self._room.set_result(None)
                 fields, others = await self.prepare_batch(batch)
                 if storing is not None:
                     await storing
-                storing = asyncio.ensure_future(self.store(fields, others))
+                held = sum(len(body) + HELD_OVERHEAD for body, *_ in batch)
+                storing = asyncio.ensure_future(self.store(fields, others, held))
+        except asyncio.CancelledError:
+            log.error("collect processor cancelled with %d requests queued: they are lost", len(self._queued))
+            raise
         finally:
             self._processor = None
 
-    async def prepare_batch(self, batch: list[tuple[bytes, str, dict[str, str], datetime, str | None]]
-                            ) -> tuple[list[list], list[str]]:
-        """The commit script's fields for a batch of requests, and the outcomes of what is not stored."""
-        fields, others = [], []
-        for n, (body, peer, headers, received, parent) in enumerate(batch, 1):
-            if n % SLICE == 0 and len(self._queued) < HIGH_WATER:
-                await asyncio.sleep(0)
+    async def prepare_batch(self, batch: list[Pending]) -> tuple[list[list], list[str]]:
+        """The commit script's fields for a batch of requests, and the outcomes of what is not stored.
+
+        The batch's sites and salts are looked up first, together; then each request runs the steps."""
+        parsed, others = [], []
+        for body, peer, headers, received, parent in batch:
             try:
-                prepared, unattributed = await self.prepare(body, peer, headers, received, parent)
+                items = parse_items(body, self.settings.collect_max_batch)
             except Dropped as dropped:
                 others.append(dropped.reason.value)  # nothing attributable to a site (malformed)
+            else:
+                parsed.append((items, peer, headers, received, parent))
+        try:
+            sites = await self._sites_of(item for items, *_ in parsed for item in items)
+            salts = await self._salts_of(received for _, _, _, received, _ in parsed)
+        except Exception:
+            self.log_failure("collect failed: no site or salt")
+            return [], others + ["failed"] * sum(len(items) for items, *_ in parsed)
+        fields = []
+        for n, (items, peer, headers, received, parent) in enumerate(parsed, 1):
+            if n % SLICE == 0:
+                await asyncio.sleep(0)  # the loop answers requests meanwhile
+            try:
+                prepared, unattributed = self.prepare(items, peer, headers, received, parent, sites, salts)
             except Exception:
                 self.log_failure()
-                others.append("failed")
+                others += ["failed"] * len(items)
             else:
                 fields += prepared
                 others += unattributed
         return fields, others
 
-    async def store(self, fields: list[list], others: list[str]) -> None:
+    async def _sites_of(self, items: Iterable[dict[str, Any]]) -> dict[str | None, Site | None]:
+        sites: dict[str | None, Site | None] = {None: None}
+        missing = []
+        for site_id in {_site_id(item) for item in items} - {None}:
+            found, site, fresh = self.sites.peek(site_id)
+            if found and fresh:
+                sites[site_id] = site
+            else:
+                missing.append(site_id)
+        if missing:  # concurrently, each shared with any lookup of it already running
+            sites.update(zip(missing, await asyncio.gather(*(self.site(site_id) for site_id in missing))))
+        return sites
+
+    async def _salts_of(self, moments: Iterable[datetime]) -> dict[str, bytes]:
+        """The salts of the days of `moments`, and of the day before where a session may go on from it."""
+        days = sorted({day for moment in moments for day in _salt_days(moment)})
+        return dict(zip(days, await asyncio.gather(*(self.salts.for_day(day) for day in days)), strict=True))
+
+    async def store(self, fields: list[list], others: list[str], held: int = 0) -> None:
         """Commit a prepared batch and count every outcome; never raises."""
         outcomes = others
-        if fields:
-            try:
-                outcomes = await self.committer.commit(fields) + others
-            except Exception:
-                self.log_failure()
-                outcomes = ["failed"] * len(fields) + others
+        try:
+            if fields:
+                async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
+                    outcomes = await self.committer.commit(fields) + others
+        except Exception:
+            self.log_failure()
+            outcomes = ["failed"] * len(fields) + others
+        finally:
+            self._held -= held
         if telemetry.enabled():
             telemetry.count_collect(outcomes)
 
-    def log_failure(self, why: str = "collect failed") -> None:
-        """Log a failure (with the exception being handled, if any), at most once in a while."""
+    def log_failure(self, why: str = "collect failed", kind: str = "failed") -> None:
+        """Log a failure (with the exception being handled, if any), at most once in a while per kind."""
         now = time.monotonic()
-        if now - self._logged_at > _FAILURE_LOG_EVERY:  # an outage must not flood the log
-            self._logged_at = now
-            log.error("%s (further failures in the next %ds are not logged)", why, int(_FAILURE_LOG_EVERY),
+        if now - self._logged_at.get(kind, -_FAILURE_LOG_EVERY) > _FAILURE_LOG_EVERY:  # no flood in an outage
+            self._logged_at[kind] = now
+            log.error("%s (more like it in the next %ds are not logged)", why, int(_FAILURE_LOG_EVERY),
                       exc_info=sys.exc_info()[0] is not None)
 
-    async def prepare(self, body: bytes, peer: str, headers: dict[str, str], received: datetime,
-                      parent: str | None = None) -> tuple[list[list], list[str]]:
+    def prepare(self, items: list[dict[str, Any]], peer: str, headers: dict[str, str], received: datetime,
+                parent: str | None, sites: dict[str | None, Site | None], salts: dict[str, bytes]
+                ) -> tuple[list[list], list[str]]:
         """Run the steps over every event of one request: the commit script's fields for the events of
         known sites, and the outcomes of the others."""
-        items = parse_items(body, self.settings.collect_max_batch)
-        sites: dict[str | None, Site | None] = {None: None}
-        for item in items:
-            site_id = _site_id(item)
-            if site_id not in sites:
-                sites[site_id] = await self.site(site_id)
-        if not any(sites.values()):
+        if not any(sites[_site_id(item)] for item in items):
             return [], [DropReason.unknown_site.value] * len(items)  # nothing to attribute to a site
         hit = Hit(
             ip=client_ip(peer, headers.get("x-forwarded-for"), self.trusted_proxies),
@@ -455,7 +513,10 @@ class Collector:
             accept_language=headers.get("accept-language", ""),
             received=received,
         )
-        await self.load_salts(hit)
+        today, *yesterday = _salt_days(received)
+        hit.salt = salts[today]
+        hit.previous_salt = salts[yesterday[0]] if yesterday else None
+        hit.budget_tag = client_tag(hit.ip, hit.salt)
         fields, unattributed = [], []
         for item in items:
             event = Event(item, sites[_site_id(item)])
@@ -472,6 +533,15 @@ class Collector:
                 event.row["tp"] = parent
             fields.append(self.script_fields(hit, event, None))
         return fields, unattributed
+
+
+def _salt_days(moment: datetime) -> list[str]:
+    """The UTC day of `moment`, and the day before within a session's idle time after midnight."""
+    ms = int(moment.timestamp() * 1000)
+    today = _second_and_day(ms // 1000)[1]
+    if ms % 86_400_000 > SESSION_IDLE_MS:
+        return [today]
+    return [today, _second_and_day(ms // 1000 - 86_400)[1]]
 
 
 class CollectEndpoint:
@@ -506,6 +576,7 @@ class CollectEndpoint:
             body = await _read_body(receive, headers.get("content-length"), self.limit)
             peer = scope["client"][0] if scope.get("client") else ""
             if self.collector.submit(body, peer, headers, parent):
+                await self.collector.room()
                 return
             outcome = DropReason.overloaded.value
         except Dropped as dropped:
