@@ -15,7 +15,7 @@ class CollectTransport(httpx.ASGITransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await super().handle_async_request(request)
         if request.url.path == "/collect":
-            await self.app.state.collector.settle()
+            await self.app.state.intake.settle()
         return response
 
 

@@ -192,7 +192,7 @@ async def test_the_answer_does_not_wait_for_redis(stores, worker, tenant, monkey
         await asyncio.sleep(0.05)
         assert held.calls == 1 and await stream_length(stores) == 0
         held.release.set()
-        await app.state.collector.settle()
+        await app.state.intake.settle()
     assert await stream_length(stores) == 1
 
 
@@ -222,17 +222,17 @@ async def test_hits_reach_redis_in_order_one_batch_at_a_time(stores, tenant, mon
         await asyncio.sleep(0.05)
         assert held.calls == 1, "the second batch waits for the first one's call"
         held.release.set()
-        await app.state.collector.settle()
+        await app.state.intake.settle()
     assert await stored_urls(stores) == [PAGE + "&n=1", PAGE + "&n=2"]
 
 
 async def test_a_full_queue_drops_new_hits_silently_and_says_so(stores, worker, tenant, monkeypatch, caplog):
-    from openanalytics.ingest import collect
+    from openanalytics.ingest import intake
 
     outcomes = counted(monkeypatch)
     held = HeldRedis(monkeypatch)
     bodies = [orjson.dumps(hit(tenant.site_id, url=PAGE + f"&n={n}")) for n in (1, 2, 3, 4)]
-    monkeypatch.setattr(collect, "MAX_HELD_BYTES", sum(len(b) + collect.HELD_OVERHEAD for b in bodies[:3]))
+    monkeypatch.setattr(intake, "MAX_HELD_BYTES", sum(len(b) + intake.HELD_OVERHEAD for b in bodies[:3]))
     app = create_app(stores)
     async with plain_client(app) as http:
         assert_silent(await http.post("/collect", content=bodies[0]))
@@ -242,17 +242,17 @@ async def test_a_full_queue_drops_new_hits_silently_and_says_so(stores, worker, 
             async with asyncio.timeout(5):
                 assert_silent(await http.post("/collect", content=body))
         held.release.set()
-        await app.state.collector.settle()
+        await app.state.intake.settle()
     assert await stored_urls(stores) == [PAGE + "&n=1", PAGE + "&n=2", PAGE + "&n=3"]
     assert outcomes == {"accepted": 3, "overloaded": 1}
     assert "collect queue full" in caplog.text
 
 
 async def test_past_the_high_water_mark_answers_wait_for_the_processor(stores, tenant, monkeypatch):
-    from openanalytics.ingest import collect
+    from openanalytics.ingest import intake
 
     held = HeldRedis(monkeypatch)
-    monkeypatch.setattr(collect, "HIGH_WATER", 1)
+    monkeypatch.setattr(intake, "HIGH_WATER", 1)
     app = create_app(stores)
     async with plain_client(app) as http:
         assert_silent(await http.post("/collect", json=hit(tenant.site_id, url=PAGE + "&n=1")))
@@ -264,24 +264,24 @@ async def test_past_the_high_water_mark_answers_wait_for_the_processor(stores, t
         assert not third.done(), "the processor is stuck behind Redis: the answer waits"
         held.release.set()
         assert_silent(await third)
-        await app.state.collector.settle()
+        await app.state.intake.settle()
     assert len(await stored_urls(stores)) == 3
 
 
 async def test_a_hung_redis_call_times_out_and_the_next_batch_goes_through(stores, tenant, monkeypatch, caplog):
-    from openanalytics.ingest import collect
+    from openanalytics.ingest import intake
 
     outcomes = counted(monkeypatch)
     held = HeldRedis(monkeypatch)
-    monkeypatch.setattr(collect, "STORE_TIMEOUT_SECONDS", 0.1)
+    monkeypatch.setattr(intake, "STORE_TIMEOUT_SECONDS", 0.1)
     app = create_app(stores)
     async with plain_client(app) as http:
         assert_silent(await http.post("/collect", json=hit(tenant.site_id, url=PAGE + "&n=1")))
-        await app.state.collector.settle()
+        await app.state.intake.settle()
         assert outcomes == {"failed": 1} and "collect failed" in caplog.text
         held.release.set()
         assert_silent(await http.post("/collect", json=hit(tenant.site_id, url=PAGE + "&n=2")))
-        await app.state.collector.settle()
+        await app.state.intake.settle()
     assert await stored_urls(stores) == [PAGE + "&n=2"]
 
 

@@ -16,7 +16,7 @@ from openanalytics.auth.ratelimit import RateLimiter
 from openanalytics.cache import TTLCache
 from openanalytics.ingest.client_ip import parse_networks
 from openanalytics.ingest.geo import Geo
-from openanalytics.ingest import collect, events
+from openanalytics.ingest import collect, events, intake
 from openanalytics.ingest.schemas import EventIn
 from openanalytics.openapi import build_openapi
 from openanalytics.projects import endpoints as projects
@@ -60,7 +60,7 @@ def create_app(
             yield
         finally:
             try:
-                await settle(app.state.collector)
+                await settle(app.state.intake)
                 stop.set()
                 await listener
                 if task is not None:
@@ -95,7 +95,8 @@ def create_app(
         max_body_bytes=settings.events_max_body_bytes,
         salts=app.state.collector.salts,
     )
-    app.add_middleware(collect.CollectEndpoint, collector=app.state.collector)  # outermost: the hot path
+    app.state.intake = intake.Intake(app.state.collector)
+    app.add_middleware(intake.CollectEndpoint, intake=app.state.intake)  # outermost: the hot path
     telemetry.instrument_app(app)  # when on: server spans and latency by route around all of it
     errors.install(app)
     for module in (health, tracker, collect, events, verify, projects, keys, pageviews, stats, listing, realtime,
@@ -109,15 +110,15 @@ def create_app(
 SETTLE_SECONDS = 20  # within Kubernetes' default 30 s grace period, leaving time for the rest
 
 
-async def settle(collector: collect.Collector) -> None:
+async def settle(queue: intake.Intake) -> None:
     """Store what /collect answered but has not stored yet; a stop must go on even if that fails."""
     try:
         async with asyncio.timeout(SETTLE_SECONDS):
-            await collector.settle()
+            await queue.settle()
     except Exception:
-        log.exception("stopping: %d answered /collect requests could not be stored", collector.queued)
+        log.exception("stopping: %d answered /collect requests could not be stored", queue.queued)
 
 
 def served(app: FastAPI):
     """What the server runs: /collect answered before FastAPI's own middleware stack too."""
-    return collect.CollectEndpoint(app, app.state.collector)
+    return intake.CollectEndpoint(app, app.state.intake)
