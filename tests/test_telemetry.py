@@ -235,6 +235,29 @@ async def test_the_stream_length_gauge_comes_from_the_worker(stores, worker):
     assert any(p.attributes.get("stream") == stores.settings.stream_key for p in lengths)
 
 
+async def test_the_collect_queue_gauges_show_what_waits(app, tenant, monkeypatch):
+    from openanalytics.ingest.commit import Committer
+
+    release = asyncio.Event()
+    original = Committer._call
+
+    async def held(committer, argv):
+        await release.wait()
+        return await original(committer, argv)
+
+    monkeypatch.setattr(Committer, "_call", held)
+    transport = httpx.ASGITransport(app=app, client=("198.51.100.4", 1))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", headers={"User-Agent": BROWSER}) as http:
+        for _ in range(3):
+            await http.post("/collect", json={"site_id": tenant.site_id, "url": "https://shop.example/"})
+        [held_bytes] = points("oa.collect.held")
+        assert held_bytes.value >= 3 * 512, "three requests held while Redis is slow"
+        release.set()
+        await app.state.intake.settle()
+    [queued], [held_bytes] = points("oa.collect.queued"), points("oa.collect.held")
+    assert queued.value == 0 and held_bytes.value == 0
+
+
 # -- logs --------------------------------------------------------------------------------------
 
 

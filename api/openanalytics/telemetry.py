@@ -15,6 +15,7 @@ import os
 import random
 import re
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -86,6 +87,21 @@ def _observe_stream(options: CallbackOptions) -> Iterable[Observation]:
 METER.create_observable_gauge(
     "oa.ingest.stream.length", callbacks=[_observe_stream], unit="{event}",
     description="Events waiting in the ingest stream (read by the worker).")
+
+_intakes: weakref.WeakSet = weakref.WeakSet()  # this process's /collect intakes (tests make several)
+
+
+def watch_collect_intake(intake) -> None:
+    """Report `intake`'s queue (its `queued` requests and `held` bytes) while it lives."""
+    _intakes.add(intake)
+
+
+METER.create_observable_gauge(
+    "oa.collect.queued", callbacks=[lambda options: [Observation(sum(i.queued for i in list(_intakes)))]],
+    unit="{request}", description="/collect requests answered and waiting for the processor, in this process.")
+METER.create_observable_gauge(
+    "oa.collect.held", callbacks=[lambda options: [Observation(sum(i.held for i in list(_intakes)))]],
+    unit="By", description="Bytes of /collect requests answered but not yet stored, in this process.")
 
 # -- set-up ----------------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ class Intake:
         self._room: asyncio.Future | None = None  # resolved when the processor takes a batch
         self._processor: asyncio.Task | None = None
         self._logged_at: dict[str, float] = {}
+        telemetry.watch_collect_intake(self)
 
     def submit(self, body: bytes, peer: str, headers: dict[str, str], parent: str | None = None) -> bool:
         """Queue one request for the processor; False if too much is held already (the request is dropped).
@@ -75,7 +76,13 @@ class Intake:
 
     @property
     def queued(self) -> int:
+        """Requests waiting for the processor."""
         return len(self._queued)
+
+    @property
+    def held(self) -> int:
+        """Bytes of requests answered but not yet stored (see MAX_HELD_BYTES)."""
+        return self._held
 
     async def room(self) -> None:
         """Backpressure: past the high-water mark, wait until the processor takes a batch."""
