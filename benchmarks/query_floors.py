@@ -1,0 +1,64 @@
+"""What the query API's statements cannot beat: the parts of its work, each alone, on the same
+10 million events as query_api.py (embedded ClickHouse, this machine's cores).
+
+    python benchmarks/query_floors.py [--events 10000000] [--runs 5]
+
+Each line is one statement's p50. If a part alone takes longer than a target, no rewrite of
+the full statement meets that target; only less work (rollups, approximate uniques) can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from datetime import datetime, timedelta
+
+from _events import embedded_project
+
+RANGE = "timestamp >= {start:DateTime64(3, 'UTC')} AND timestamp < {end:DateTime64(3, 'UTC')}"
+PV = "event_type = 'pageview'"
+PARTS = {
+    "read the window (count)": "SELECT count() FROM {t} WHERE {r}",
+    "exact visitors (uniqExact)": "SELECT uniqExact(visitor_id) FROM {t} WHERE {r}",
+    "approximate visitors (uniq)": "SELECT uniq(visitor_id) FROM {t} WHERE {r}",
+    "visitors, pageviews, events, conversions": (
+        "SELECT uniqExact(visitor_id), countIf({pv}), count(), countIf(event_type = 'conversion') FROM {t} WHERE {r}"),
+    "per-session numbers alone (GROUP BY session)": (
+        "SELECT count(), sum(pv), sum(b), sum(d) FROM (SELECT session_id, countIf({pv}) AS pv, "
+        "toUInt8(countIf({pv}) = 1 AND count() = 1) AS b, "
+        "toUInt64(dateDiff('millisecond', min(timestamp), max(timestamp))) AS d FROM {t} WHERE {r} GROUP BY session_id)"),
+    "exact visitors and pageviews per day": (
+        "SELECT toDate(timestamp) AS k, uniqExact(visitor_id), countIf({pv}) FROM {t} WHERE {r} GROUP BY k"),
+    "exact visitors and pageviews per path, top 10": (
+        "SELECT path, uniqExact(visitor_id) AS v, countIf({pv}) FROM {t} WHERE {r} GROUP BY path ORDER BY v DESC LIMIT 10"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        stores, project, _, (first, last) = embedded_project(tmp, args.events)
+        from openanalytics.provisioning.events_schema import database_name
+
+        store = stores.events
+        params = {"start": datetime.combine(first, datetime.min.time()),
+                  "end": datetime.combine(last + timedelta(days=1), datetime.min.time())}
+        print(f"; {args.runs} runs each\n\n| part of the work | p50 (ms) |\n|---|---:|")
+        for label, sql in PARTS.items():
+            statement = sql.format(t=f"{database_name(project.id)}.events", r=RANGE, pv=PV)
+            store.call(store.rows, statement, params)  # warm-up
+            took = []
+            for _ in range(args.runs):
+                started = time.perf_counter()
+                store.call(store.rows, statement, params)
+                took.append((time.perf_counter() - started) * 1000)
+            print(f"| {label} | {statistics.median(took):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
