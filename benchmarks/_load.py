@@ -80,6 +80,15 @@ def load_arguments(doc: str, **more: int):
     return parser.parse_args()
 
 
+async def wait_stored(stream, expected: int, key: str = "oa:events", limit: float = 30.0) -> float:
+    """Seconds until `expected` entries are on the stream: /collect answers first and stores after.
+    `stream` is a (synchronous) Redis client."""
+    started = time.perf_counter()
+    while stream.xlen(key) < expected and time.perf_counter() - started < limit:
+        await asyncio.sleep(0.01)
+    return time.perf_counter() - started
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (Linux /proc): less noisy than throughput on shared CPUs."""
     import os

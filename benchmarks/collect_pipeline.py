@@ -20,10 +20,9 @@ import json
 import os
 import random
 import tempfile
-import time
 from pathlib import Path
 
-from _load import cli, cpu_seconds, free_port, http_request, load, load_arguments, start_server
+from _load import cli, cpu_seconds, free_port, http_request, load, load_arguments, start_server, wait_stored
 
 REDIS_URL = "redis://127.0.0.1:6379/15"  # the tests use 9-12
 FULL = "full /collect pipeline"
@@ -146,10 +145,7 @@ async def main() -> None:
                     result = await load(port, request, args.seconds, args.connections)
                     if label == FULL:  # the rate counts until the last answered hit is on the stream
                         sent += len(result.latencies)
-                        drained = time.perf_counter()
-                        while stream.xlen("oa:events") < sent and time.perf_counter() - drained < 30:
-                            await asyncio.sleep(0.01)
-                        result.rate = len(result.latencies) / (args.seconds + time.perf_counter() - drained)
+                        result.rate = len(result.latencies) / (args.seconds + await wait_stored(stream, sent))
                     result.cpu_us = (cpu_seconds(proc.pid) - before) / len(result.latencies) * 1e6
                     results[label].append(result)
         finally:

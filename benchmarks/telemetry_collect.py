@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from _load import cpu_seconds, free_port, load, load_arguments, start_server
+from _load import cpu_seconds, free_port, load, load_arguments, start_server, wait_stored
 from collect_pipeline import REDIS_URL, collect_request
 
 
@@ -96,6 +96,8 @@ async def main() -> None:
                     port, proc = servers[label]
                     before = cpu_seconds(proc.pid)
                     result = await load(port, request, args.seconds, args.connections)
+                    # /collect stores after it answers: rate and CPU count until all of it is stored
+                    result.rate = len(result.latencies) / (args.seconds + await wait_stored(queue, len(result.latencies)))
                     result.cpu_us = (cpu_seconds(proc.pid) - before) / len(result.latencies) * 1e6
                     results[label].append(result)
         finally:
