@@ -285,6 +285,30 @@ async def test_a_hung_redis_call_times_out_and_the_next_batch_goes_through(store
     assert await stored_urls(stores) == [PAGE + "&n=2"]
 
 
+async def test_a_failing_batch_loses_only_itself(stores, tenant, monkeypatch, caplog):
+    from openanalytics.ingest.intake import Intake
+
+    outcomes = counted(monkeypatch)
+    original, calls = Intake.prepare_batch, []
+
+    async def fails_once(intake, batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return await original(intake, batch)
+
+    monkeypatch.setattr(Intake, "prepare_batch", fails_once)
+    app = create_app(stores)
+    async with plain_client(app) as http:
+        assert_silent(await http.post("/collect", json=hit(tenant.site_id, url=PAGE + "&n=1")))
+        await app.state.intake.settle()
+        assert_silent(await http.post("/collect", json=hit(tenant.site_id, url=PAGE + "&n=2")))
+        await app.state.intake.settle()
+    assert await stored_urls(stores) == [PAGE + "&n=2"]
+    assert outcomes == {"failed": 1, "accepted": 1} and app.state.intake.held == 0
+    assert "collect failed" in caplog.text
+
+
 def quick_listener(monkeypatch) -> None:
     """The invalidation listener stops at once (the real one polls twice a second), so a test of
     shutdown sees shutdown's own waiting."""

@@ -70,9 +70,12 @@ class Intake:
         self._held += size
         self._queued.append((body, peer, headers, self.collector.clock(), parent))
         if self._processor is None:
-            # A fresh context: the batch serves many requests, not the one that happened to start it.
-            self._processor = asyncio.get_running_loop().create_task(self._process(), context=contextvars.Context())
+            self._start()
         return True
+
+    def _start(self) -> None:
+        # A fresh context: the batch serves many requests, not the one that happened to start it.
+        self._processor = asyncio.get_running_loop().create_task(self._process(), context=contextvars.Context())
 
     @property
     def queued(self) -> int:
@@ -94,7 +97,9 @@ class Intake:
 
     async def settle(self) -> None:
         """Wait until every queued request is stored (or dropped)."""
-        while self._processor is not None:
+        while self._processor is not None or self._queued:
+            if self._processor is None:
+                self._start()  # the last one was cancelled with requests left
             await asyncio.shield(self._processor)
 
     async def _process(self) -> None:
@@ -114,7 +119,11 @@ class Intake:
                 batch = [self._queued.popleft() for _ in range(min(MAX_BATCH, len(self._queued)))]
                 if self._room is not None and not self._room.done():
                     self._room.set_result(None)
-                fields, others = await self.prepare_batch(batch)
+                try:
+                    fields, others = await self.prepare_batch(batch)
+                except Exception:  # a bug: the batch is lost, but its bytes must not stay held
+                    self.log_failure()
+                    fields, others = [], ["failed"] * len(batch)
                 if storing is not None:
                     await storing
                 held = sum(len(body) + HELD_OVERHEAD for body, *_ in batch)
