@@ -29,6 +29,18 @@ FROM (
 """
 
 
+def event_arguments(doc: str, **more: float):
+    """--events (how many to load), the option of the query benchmarks, and `more` options with
+    their defaults (typed like the default)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    for name, default in more.items():
+        parser.add_argument(f"--{name}", type=type(default), default=default)
+    return parser.parse_args()
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]

@@ -152,10 +152,10 @@ async def main() -> None:
             for _, proc in servers.values():
                 proc.terminate()  # a graceful stop: the full server stores what it has answered
                 proc.wait(30)
-        stream = stream.xlen("oa:events")
+        stored = stream.xlen("oa:events")
     print(f"\n{args.rounds} rounds of {args.seconds:g} s per server, {args.connections} keep-alive connections, "
           f"{args.visitors:,} visitors, "
-          f"median round; the full pipeline answered {sent:,} requests and put {stream:,} events on the stream\n")
+          f"median round; the full pipeline answered {sent:,} requests and put {stored:,} events on the stream\n")
     print("| server | requests/s | p50 latency (ms) | p99 latency (ms) | server CPU per request (µs) | share of bare |")
     print("|---|---:|---:|---:|---:|---:|")
     medians = {label: sorted(rounds, key=lambda r: r.rate)[len(rounds) // 2] for label, rounds in results.items()}
@@ -164,8 +164,8 @@ async def main() -> None:
         cpu = sorted(r.cpu_us for r in results[label])[len(results[label]) // 2]
         print(f"| {label} | {median.rate:,.0f} | {median.percentile(0.5) * 1000:.2f} | "
               f"{median.percentile(0.99) * 1000:.2f} | {cpu:.0f} | {median.rate / bare:.0%} |")
-    if stream != sent:
-        raise SystemExit(f"\nNOT EVERY HIT WAS STORED: {sent - stream:,} of {sent:,} missing")
+    if stored != sent:
+        raise SystemExit(f"\nNOT EVERY HIT WAS STORED: {sent - stored:,} of {sent:,} missing")
 
 
 if __name__ == "__main__":

@@ -9,20 +9,16 @@ worker carries out a deletion request for one user (50 of the events), measured 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import tempfile
 import time
 
-from _events import embedded_project, percentile
+from _events import embedded_project, event_arguments, percentile
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    args = parser.parse_args()
+    args = event_arguments(__doc__, seconds=10.0)
     with tempfile.TemporaryDirectory() as tmp:
         stores, project, key, (first, last) = embedded_project(tmp, args.events)
         print("\n")

@@ -10,19 +10,15 @@ same statements run directly on the store, alternating, and prints p50/p95 of ea
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import tempfile
 import time
 
-from _events import embedded_project, percentile
+from _events import embedded_project, event_arguments, percentile
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--runs", type=int, default=15)
-    args = parser.parse_args()
+    args = event_arguments(__doc__, runs=15)
     with tempfile.TemporaryDirectory() as tmp:
         stores, project, key, (first, last) = embedded_project(tmp, args.events)
         import httpx

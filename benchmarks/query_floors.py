@@ -9,13 +9,12 @@ the full statement meets that target; only less work (rollups, approximate uniqu
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from datetime import datetime, timedelta
 
-from _events import embedded_project
+from _events import embedded_project, event_arguments
 
 RANGE = "timestamp >= {start:DateTime64(3, 'UTC')} AND timestamp < {end:DateTime64(3, 'UTC')}"
 PV = "event_type = 'pageview'"
@@ -37,10 +36,7 @@ PARTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
+    args = event_arguments(__doc__, runs=5)
     with tempfile.TemporaryDirectory() as tmp:
         stores, project, _, (first, last) = embedded_project(tmp, args.events)
         from openanalytics.provisioning.events_schema import database_name

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 
+from openanalytics import telemetry
+from openanalytics.ingest.commit import Committer
 from openanalytics.provisioning.events_schema import database_name
 from openanalytics.runtime import Stores
 
@@ -17,6 +21,29 @@ class CollectTransport(httpx.ASGITransport):
         if request.url.path == "/collect":
             await self.app.state.intake.settle()
         return response
+
+
+class HeldRedis:
+    """Stands in for a Redis that is slow to answer the commit script, until released."""
+
+    def __init__(self, monkeypatch):
+        self.release = asyncio.Event()
+        self.calls = 0
+        original = Committer._call
+
+        async def held(committer, argv):
+            self.calls += 1
+            await self.release.wait()
+            return await original(committer, argv)
+
+        monkeypatch.setattr(Committer, "_call", held)
+
+
+def counted(monkeypatch) -> dict[str, int]:
+    """/collect's outcome counts, with telemetry's counting switched on."""
+    monkeypatch.setattr(telemetry, "enabled", lambda: True)
+    monkeypatch.setattr(telemetry, "collect_outcomes", {})
+    return telemetry.collect_outcomes
 
 
 async def stored_rows(stores: Stores, project_id: str, columns: str = "*") -> list[tuple]:

@@ -12,7 +12,7 @@ import pytest
 from openanalytics.app import create_app
 
 from tests.conftest import BROWSER
-from tests.helpers import CollectTransport, stored_rows, stream_length
+from tests.helpers import CollectTransport, HeldRedis, counted, stored_rows, stream_length
 
 PAGE = "https://shop.example/pricing?utm_source=newsletter&utm_medium=email"
 
@@ -159,24 +159,6 @@ async def test_store_failure_is_still_204(client, stores, tenant, monkeypatch):
 # -- answered first, stored a moment later ---------------------------------------------------
 
 
-class HeldRedis:
-    """Stands in for a Redis that is slow to answer the commit script, until released."""
-
-    def __init__(self, monkeypatch):
-        from openanalytics.ingest.commit import Committer
-
-        self.release = asyncio.Event()
-        self.calls = 0
-        original = Committer._call
-
-        async def held(committer, argv):
-            self.calls += 1
-            await self.release.wait()
-            return await original(committer, argv)
-
-        monkeypatch.setattr(Committer, "_call", held)
-
-
 def plain_client(app) -> httpx.AsyncClient:
     """No settling after /collect: what a browser sees."""
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("198.51.100.4", 1)), base_url="http://t",
@@ -194,15 +176,6 @@ async def test_the_answer_does_not_wait_for_redis(stores, worker, tenant, monkey
         held.release.set()
         await app.state.intake.settle()
     assert await stream_length(stores) == 1
-
-
-def counted(monkeypatch) -> dict[str, int]:
-    """/collect's outcome counts, with telemetry's counting switched on."""
-    from openanalytics import telemetry
-
-    monkeypatch.setattr(telemetry, "enabled", lambda: True)
-    monkeypatch.setattr(telemetry, "collect_outcomes", {})
-    return telemetry.collect_outcomes
 
 
 async def stored_urls(stores) -> list[str]:

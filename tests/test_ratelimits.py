@@ -8,7 +8,7 @@ import pytest
 from openanalytics.app import create_app
 from openanalytics.runtime import Stores
 from openanalytics.stores.redis import make_redis
-from tests.helpers import CollectTransport, assert_error
+from tests.helpers import CollectTransport, assert_error, counted
 
 HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
 
@@ -87,7 +87,7 @@ async def test_failed_authentications_lock_out_the_ip_not_valid_keys(stores, ten
     app = create_app(stores)
 
     def at(ip: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=CollectTransport(app=app, client=(ip, 1)), base_url="http://t")
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(ip, 1)), base_url="http://t")
 
     async with at("198.51.100.1") as attacker, at("198.51.100.2") as bystander:
         for _ in range(stores.settings.auth_failures_per_minute):
@@ -107,10 +107,7 @@ async def test_public_endpoints_carry_no_budget(client):
 
 
 async def test_without_redis_reads_work_writes_say_503_and_collect_stays_silent(stores, tenant, monkeypatch):
-    from openanalytics import telemetry
-
-    monkeypatch.setattr(telemetry, "enabled", lambda: True)
-    monkeypatch.setattr(telemetry, "collect_outcomes", {})
+    outcomes = counted(monkeypatch)
     dead = make_redis("redis://127.0.0.1:1/0")
     broken = Stores(settings=stores.settings, db=stores.db, redis=dead, events=stores.events)
     transport = CollectTransport(app=create_app(broken))
@@ -122,7 +119,7 @@ async def test_without_redis_reads_work_writes_say_503_and_collect_stays_silent(
         assert write.headers["retry-after"] == "5"
         hit = await http.post("/collect", json={"site_id": tenant.site_id, "url": "https://a.example/"})
         assert hit.status_code == 204 and hit.content == b""
-    assert telemetry.collect_outcomes == {"failed": 1}
+    assert outcomes == {"failed": 1}
     await dead.aclose()
 
 
@@ -139,7 +136,7 @@ async def test_an_unexpected_failure_is_a_500_in_the_error_shape_with_headers(cl
 async def test_a_second_forwarded_for_line_does_not_reset_the_lockout(stores):
     stores.settings.trusted_proxies = ["10.0.0.0/8"]
     app = create_app(stores)
-    transport = CollectTransport(app=app, client=("10.0.0.1", 1))
+    transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 1))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as proxy:
         codes = []
         for n in range(stores.settings.auth_failures_per_minute + 3):
@@ -171,7 +168,7 @@ async def test_the_limiter_never_leaves_a_request_hanging(stores, tenant, monkey
 
     monkeypatch.setattr(RateLimiter, "_count", broken)
     app = create_app(stores)
-    async with httpx.AsyncClient(transport=CollectTransport(app=app), base_url="http://t") as http:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
         responses = await asyncio.wait_for(
             asyncio.gather(*(http.get("/v1/projects", headers=tenant.headers) for _ in range(5))), 5)
     assert [r.status_code for r in responses] == [200] * 5, "fail open, never hang"

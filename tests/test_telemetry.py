@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import kopf
+import orjson
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -30,10 +31,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from openanalytics import logs, telemetry
 from openanalytics.app import create_app
 from openanalytics.config import Settings
+from openanalytics.ingest.intake import HELD_OVERHEAD
 from openanalytics.projects.models import Project
 from openanalytics.runtime import Stores
 from openanalytics.stores.sql import Database
 from tests.conftest import BROWSER
+from tests.helpers import HeldRedis
 from tests.test_events_api import SEED_EVENT
 from tests.test_processes import clean_env, free_port
 
@@ -236,23 +239,15 @@ async def test_the_stream_length_gauge_comes_from_the_worker(stores, worker):
 
 
 async def test_the_collect_queue_gauges_show_what_waits(app, tenant, monkeypatch):
-    from openanalytics.ingest.commit import Committer
-
-    release = asyncio.Event()
-    original = Committer._call
-
-    async def held(committer, argv):
-        await release.wait()
-        return await original(committer, argv)
-
-    monkeypatch.setattr(Committer, "_call", held)
+    held = HeldRedis(monkeypatch)
+    body = orjson.dumps({"site_id": tenant.site_id, "url": "https://shop.example/"})
     transport = httpx.ASGITransport(app=app, client=("198.51.100.4", 1))
     async with httpx.AsyncClient(transport=transport, base_url="http://t", headers={"User-Agent": BROWSER}) as http:
         for _ in range(3):
-            await http.post("/collect", json={"site_id": tenant.site_id, "url": "https://shop.example/"})
+            await http.post("/collect", content=body)
         [held_bytes] = points("oa.collect.held")
-        assert held_bytes.value >= 3 * 512, "three requests held while Redis is slow"
-        release.set()
+        assert held_bytes.value == 3 * (len(body) + HELD_OVERHEAD), "three requests held while Redis is slow"
+        held.release.set()
         await app.state.intake.settle()
     [queued], [held_bytes] = points("oa.collect.queued"), points("oa.collect.held")
     assert queued.value == 0 and held_bytes.value == 0

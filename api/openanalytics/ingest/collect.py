@@ -53,6 +53,7 @@ MAX_USER_AGENT = 512  # longer ones are cut before parsing and hashing (no brows
 MAX_URL = 2048
 _random = random.Random()
 SITE_LOOKUPS_PER_SECOND = 200  # per process: site ids not in the cache, looked up in the database
+SESSION_IDLE_MS = int(SESSION_IDLE.total_seconds() * 1000)
 
 
 class TokenBucket:
@@ -73,9 +74,6 @@ class TokenBucket:
         return True
 
 
-SESSION_IDLE_MS = int(SESSION_IDLE.total_seconds() * 1000)
-
-
 class DropReason(StrEnum):
     too_large = "too_large"
     malformed = "malformed"
@@ -85,7 +83,7 @@ class DropReason(StrEnum):
     bot = "bot"
     rate_limited_ip = "rate_limited_ip"
     rate_limited_site = "rate_limited_site"
-    overloaded = "overloaded"  # more requests queued in this process than it can store
+    overloaded = "overloaded"  # this process holds as much unstored /collect data as it may (intake.py)
 
 
 class Dropped(Exception):
@@ -129,14 +127,13 @@ class CollectIn(EventIn):
 class Hit:
     """One request to /collect, normalised."""
 
-    __slots__ = ("ip", "user_agent", "accept_language", "received", "received_ms", "day", "received_iso",
+    __slots__ = ("ip", "user_agent", "accept_language", "received_ms", "day", "received_iso",
                  "salt", "previous_salt", "visitors", "budget_tag")
 
     def __init__(self, ip: str, user_agent: str, accept_language: str, received: datetime):
         self.ip = ip
         self.user_agent = user_agent
         self.accept_language = accept_language
-        self.received = received
         self.received_ms = int(received.timestamp() * 1000)
         second, self.day = _second_and_day(self.received_ms // 1000)
         self.received_iso = f"{second}.{self.received_ms % 1000:03d}Z"
@@ -228,8 +225,8 @@ class Collector:
         self.salts = Salts(stores.redis)
         self.committer = commit.Committer(stores.redis, self.settings.stream_key, WINDOW_MS, SESSION_IDLE_MS)
         self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
-        # The site and the salts are looked up (async) before the steps run; the budgets, the session
-        # and storing happen last, in Redis, for a batch of hits (commit.py).
+        # The sites and salts of a batch are looked up before the steps run (intake.py); the budgets,
+        # the session and storing happen last, in Redis, for the whole batch (commit.py).
         self.steps = [
             self.find_project,
             self.validate,
@@ -354,7 +351,7 @@ class Collector:
             accept_language=headers.get("accept-language", ""),
             received=received,
         )
-        today, *yesterday = salt_days(received)
+        today, *yesterday = salt_days(hit.received_ms)
         hit.salt = salts[today]
         hit.previous_salt = salts[yesterday[0]] if yesterday else None
         hit.budget_tag = client_tag(hit.ip, hit.salt)
@@ -376,9 +373,8 @@ class Collector:
         return fields, unattributed
 
 
-def salt_days(moment: datetime) -> list[str]:
-    """The UTC day of `moment`, and the day before within a session's idle time after midnight."""
-    ms = int(moment.timestamp() * 1000)
+def salt_days(ms: int) -> list[str]:
+    """The UTC day of epoch millisecond `ms`, and the day before within a session's idle time after midnight."""
     today = _second_and_day(ms // 1000)[1]
     if ms % 86_400_000 > SESSION_IDLE_MS:
         return [today]

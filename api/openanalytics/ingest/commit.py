@@ -2,9 +2,9 @@
 
 The last steps of the pipeline need Redis: the per-IP and per-site budgets, the session,
 the stream append, and the Verify Installation record. Doing them one command at a time
-made Redis client overhead the cost of /collect. Instead the collector's processor hands
-over every hit that queued up, and one Lua script does every hit's work in order,
-atomically, and answers each hit's outcome.
+made Redis client overhead the cost of /collect. Instead the intake (intake.py) hands over
+a whole batch of hits, and one Lua script does every hit's work in order, atomically, and
+answers each hit's outcome.
 
 The hits travel as one JSON array (decoded by Redis's C cjson, not by Lua code), and Lua
 keeps visitor and session ids and times as strings (its numbers are doubles).

@@ -181,7 +181,7 @@ class Intake:
 
     async def _salts_of(self, moments: Iterable[datetime]) -> dict[str, bytes]:
         """The salts of the days of `moments`, and of the day before where a session may go on from it."""
-        days = sorted({day for moment in moments for day in salt_days(moment)})
+        days = sorted({day for moment in moments for day in salt_days(int(moment.timestamp() * 1000))})
         return dict(zip(days, await asyncio.gather(*(self.collector.salts.for_day(day) for day in days)), strict=True))
 
     async def store(self, fields: list[list], others: list[str], held: int = 0) -> None:
