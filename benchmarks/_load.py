@@ -20,6 +20,7 @@ class Result:
     rate: float  # requests per second
     latencies: list[float]  # seconds
     cpu_us: float = 0.0  # the server's CPU time per request, where measured
+    redis_us: float = 0.0  # the Redis server's CPU time per request, where measured
 
     def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies)

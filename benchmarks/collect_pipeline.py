@@ -61,6 +61,13 @@ def serve_full(port: int) -> None:
     uvicorn.run(served(app), host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False)
 
 
+def redis_cpu(client) -> float:
+    """Seconds of CPU the Redis server has used: it runs on the same machine, and its share of
+    /collect's work is the commit script."""
+    cpu = client.info("cpu")
+    return cpu["used_cpu_user"] + cpu["used_cpu_sys"]
+
+
 def user_agents() -> list[str]:
     """Some 60 real-world User-Agent strings: the browsers, versions and systems of a normal site."""
     chrome = "AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 {m}Safari/537.36"
@@ -134,19 +141,20 @@ async def main() -> None:
             servers[label] = (port, start_server(f"import collect_pipeline as m; m.{target}({port})", env, port))
         results: dict[str, list] = {label: [] for label in servers}
         sent = 0  # requests the full pipeline answered: each must end up on the stream
+        stream = redis.Redis.from_url(REDIS_URL)
         try:
             for label, (port, _) in servers.items():  # warm-up
                 warm = await load(port, request, 0.5, args.connections)
                 sent += len(warm.latencies) if label == FULL else 0
-            stream = redis.Redis.from_url(REDIS_URL)
             for _ in range(args.rounds):
                 for label, (port, proc) in servers.items():
-                    before = cpu_seconds(proc.pid)
+                    before, redis_before = cpu_seconds(proc.pid), redis_cpu(stream)
                     result = await load(port, request, args.seconds, args.connections)
                     if label == FULL:  # the rate counts until the last answered hit is on the stream
                         sent += len(result.latencies)
                         result.rate = len(result.latencies) / (args.seconds + await wait_stored(stream, sent))
                     result.cpu_us = (cpu_seconds(proc.pid) - before) / len(result.latencies) * 1e6
+                    result.redis_us = (redis_cpu(stream) - redis_before) / len(result.latencies) * 1e6
                     results[label].append(result)
         finally:
             for _, proc in servers.values():
@@ -156,14 +164,16 @@ async def main() -> None:
     print(f"\n{args.rounds} rounds of {args.seconds:g} s per server, {args.connections} keep-alive connections, "
           f"{args.visitors:,} visitors, "
           f"median round; the full pipeline answered {sent:,} requests and put {stored:,} events on the stream\n")
-    print("| server | requests/s | p50 latency (ms) | p99 latency (ms) | server CPU per request (µs) | share of bare |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| server | requests/s | p50 latency (ms) | p99 latency (ms) | server CPU per request (µs) "
+          "| Redis CPU per request (µs) | share of bare |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     medians = {label: sorted(rounds, key=lambda r: r.rate)[len(rounds) // 2] for label, rounds in results.items()}
     bare = medians["bare ASGI 204"].rate
     for label, median in medians.items():
-        cpu = sorted(r.cpu_us for r in results[label])[len(results[label]) // 2]
+        cpu, redis_us = (sorted(getattr(r, name) for r in results[label])[len(results[label]) // 2]
+                         for name in ("cpu_us", "redis_us"))
         print(f"| {label} | {median.rate:,.0f} | {median.percentile(0.5) * 1000:.2f} | "
-              f"{median.percentile(0.99) * 1000:.2f} | {cpu:.0f} | {median.rate / bare:.0%} |")
+              f"{median.percentile(0.99) * 1000:.2f} | {cpu:.0f} | {redis_us:.0f} | {median.rate / bare:.0%} |")
     if stored != sent:
         raise SystemExit(f"\nNOT EVERY HIT WAS STORED: {sent - stored:,} of {sent:,} missing")
 

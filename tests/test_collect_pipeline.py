@@ -427,3 +427,47 @@ async def test_tracker_is_small_and_cacheable(client):
     etag = response.headers["etag"]
     again = await client.get("/oa.js", headers={"If-None-Match": etag})
     assert again.status_code == 304 and again.content == b""
+
+
+def _accepted(project_id: str, n: int, ip_tag: str, per_ip: int, per_site: int, now_ms: int, day: str) -> list:
+    from openanalytics.ingest import commit
+
+    return commit.accepted(project_id, ip_tag, per_ip, per_site, 1000 + n, None, 5000 + n, f'{{"n":{n}',
+                           f'{{"n":{n}', f"e{n}", now_ms, day, "pageview", "/", "")
+
+
+async def test_one_batch_spends_the_budgets_hit_by_hit(stores, tenant):
+    """Within a script call the site's budget is counted locally: the outcomes must be those of one
+    INCR per hit, in order, and the count written back must carry over to the next batch."""
+    from openanalytics.ingest import commit
+
+    committer = commit.Committer(stores.redis, stores.settings.stream_key, 60_000, 1_800_000)
+    now = int(time.time() * 1000)
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    tags = ["a", "a", "a", "b", "c", "d", "e", "f"]
+    batch = [_accepted(tenant.id, n, tag, 2, 5, now, day) for n, tag in enumerate(tags)]
+    batch.insert(3, commit.dropped(tenant.id, '{"n":-1', "bot", now, day))  # spends nothing
+    assert await committer.commit(batch) == [
+        "accepted", "accepted", "rate_limited_ip", "bot", "accepted", "accepted", "accepted",
+        "rate_limited_site", "rate_limited_site"]
+    assert await committer.commit([_accepted(tenant.id, 9, "g", 2, 5, now, day)]) == ["rate_limited_site"]
+    site_key = f"oa:rl:collect:site:{tenant.id}"
+    assert int(await stores.redis.get(site_key)) == 8, "every hit that reached the site's budget counts"
+    assert 0 < await stores.redis.pttl(site_key) <= 60_000
+
+
+async def test_a_batch_lists_only_the_newest_arrivals_and_counts_every_drop(stores, tenant):
+    from openanalytics.ingest import arrivals, commit
+
+    committer = commit.Committer(stores.redis, stores.settings.stream_key, 60_000, 1_800_000)
+    now = int(time.time() * 1000)
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    batch = [commit.dropped(tenant.id, f'{{"n":{n}', "bot" if n % 3 else "invalid", now, day) for n in range(150)]
+    batch.append(_accepted(tenant.id, 150, "a", 10, 10, now, day))
+    assert await committer.commit(batch) == ["invalid", "bot", "bot"] * 50 + ["accepted"]
+    recent, drops = await arrivals.recent(stores.redis, tenant.id, day)
+    assert [a["n"] for a in recent] == list(range(150, 50, -1)), "newest first, the last KEEP of them"
+    assert recent[0] == {"n": 150, "outcome": "accepted", "event_id": "e150"}
+    assert recent[1] == {"n": 149, "outcome": "bot", "event_id": None}
+    assert drops == {"bot": 100, "invalid": 50}
+    assert await stores.redis.ttl(arrivals.drops_key(tenant.id, day)) > arrivals.TTL_SECONDS
