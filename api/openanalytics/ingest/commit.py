@@ -6,7 +6,8 @@ made Redis client overhead the cost of /collect. Instead the intake (intake.py) 
 a whole batch of hits, and one Lua script does every hit's work in order, atomically, and
 answers each hit's outcome.
 
-The hits travel as one JSON array (decoded by Redis's C cjson, not by Lua code), and Lua
+A hit's short fields travel in one JSON array (decoded by Redis's C cjson, not by Lua code);
+its row and arrival texts follow as plain arguments, which need no escaping or decoding. Lua
 keeps visitor and session ids and times as strings (its numbers are doubles).
 """
 
@@ -68,12 +69,12 @@ local function rank(key, member)
   ranks[key] = members
   members[member] = (members[member] or 0) + 1
 end
-for _, f in ipairs(cjson.decode(ARGV[6])) do
+for n, f in ipairs(cjson.decode(ARGV[6])) do
   local kind, pid, iptag, iplimit, sitelimit = f[1], f[2], f[3], f[4], f[5]
   local visitor, previous, fresh = f[6], f[7], f[8]
-  local row, arrival, event_id, reason = f[9], f[10], f[11], f[12]
-  local stamp, day = f[13], f[14]
-  local event_type, path, source = f[15], f[16], f[17]
+  local event_id, reason, stamp, day = f[9], f[10], f[11], f[12]
+  local event_type, path, source = f[13], f[14], f[15]
+  local row, arrival = ARGV[7 + 2 * n], ARGV[8 + 2 * n]
   now = tonumber(stamp)
   local outcome = reason
   if kind == 'E' then
@@ -131,7 +132,7 @@ for key, reasons in pairs(drops) do
   for reason, n in pairs(reasons) do redis.call('HINCRBY', key, reason, n) end
   redis.call('EXPIRE', key, ttl * 2)
 end
-local recent, minutes = tonumber(ARGV[7]), tonumber(ARGV[8])
+local recent, minutes = tonumber(ARGV[7]), tonumber(ARGV[8])  -- then each hit's row and arrival
 for rt, visitors in pairs(seen) do
   local key, latest, scored = rt .. ':visitors', 0, {}
   for visitor, at in pairs(visitors) do
@@ -161,12 +162,12 @@ def accepted(project_id: str, ip_tag: str, per_ip: int, per_site: int, visitor: 
              event_type: str, path: str, source: str) -> list:
     """An event that passed the steps, as the script takes it (`row` and `arrival` are JSON objects
     without their closing brace: the script appends fields; the last three feed realtime)."""
-    return ["E", project_id, ip_tag, per_ip, per_site, str(visitor), str(previous or ""), str(fresh_session),
-            row, arrival, event_id, "", str(stamp_ms), day, event_type, path, source]
+    return [row, arrival, "E", project_id, ip_tag, per_ip, per_site, str(visitor), str(previous or ""),
+            str(fresh_session), event_id, "", str(stamp_ms), day, event_type, path, source]
 
 
 def dropped(project_id: str, arrival: str, reason: str, stamp_ms: int, day: str) -> list:
-    return ["D", project_id, "", 0, 0, "", "", "", "", arrival, "", reason, str(stamp_ms), day, "", "", ""]
+    return ["", arrival, "D", project_id, "", 0, 0, "", "", "", "", reason, str(stamp_ms), day, "", "", ""]
 
 
 class Committer:
@@ -178,8 +179,12 @@ class Committer:
         """Store `hits` (from `accepted` and `dropped`); returns each outcome. Raises if Redis fails."""
         outcomes: list[str] = []
         for start in range(0, len(hits), MAX_HITS_PER_CALL):  # no call long enough to stall Redis
-            batch = orjson.dumps(hits[start:start + MAX_HITS_PER_CALL])
-            reply = await self._call([*self.shared, batch, RECENT_MS, MINUTES])
+            chunk = hits[start:start + MAX_HITS_PER_CALL]
+            # The row and arrival texts go as arguments of their own: inside the JSON array every
+            # quote in them would be escaped here and unescaped by Redis.
+            fields = orjson.dumps([hit[2:] for hit in chunk])
+            texts = [text for hit in chunk for text in hit[:2]]
+            reply = await self._call([*self.shared, fields, RECENT_MS, MINUTES, *texts])
             outcomes += (reply.decode() if isinstance(reply, bytes) else reply).split(",")
         return outcomes
 
