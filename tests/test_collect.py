@@ -316,3 +316,21 @@ async def test_a_stop_does_not_wait_for_a_hung_redis_for_ever(stores, tenant, mo
             async with plain_client(app) as http:
                 assert_silent(await http.post("/collect", json=hit(tenant.site_id)))
     assert "answered /collect requests could not be stored" in caplog.text
+
+
+def test_event_ids_are_version_4_uuids_and_a_forked_child_makes_its_own():
+    import os
+    import uuid
+
+    from openanalytics.ingest.rows import new_event_id
+
+    ids = [new_event_id() for _ in range(600)]  # past one read of the random source
+    assert len(set(ids)) == 600
+    assert all(uuid.UUID(i).version == 4 and str(uuid.UUID(i)) == i for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then gone without running anything else
+        os.write(write, new_event_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 64).decode() != new_event_id(), "the parent's unused random bytes were reused"

@@ -9,8 +9,17 @@ from functools import lru_cache
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def parse_networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
-    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+class Networks(tuple):
+    """Parsed networks, hashed by identity: `client_ip`'s cache hashes them on every call, and
+    hashing each network (Python code in ipaddress) cost more than the cache saved."""
+
+    __slots__ = ()
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+
+def parse_networks(cidrs: Iterable[str]) -> Networks:
+    return Networks(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
 
 def _trusted(ip: str, networks: tuple[Network, ...]) -> bool:

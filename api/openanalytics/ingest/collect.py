@@ -343,7 +343,8 @@ class Collector:
                 ) -> tuple[list[list], list[str]]:
         """Run the steps over every event of one request: the commit script's fields for the events of
         known sites, and the outcomes of the others."""
-        if not any(sites[site_id_of(item)] for item in items):
+        found = [sites[site_id_of(item)] for item in items]
+        if not any(found):
             return [], [DropReason.unknown_site.value] * len(items)  # nothing to attribute to a site
         hit = Hit(
             ip=client_ip(peer, headers.get("x-forwarded-for"), self.trusted_proxies),
@@ -356,8 +357,8 @@ class Collector:
         hit.previous_salt = salts[yesterday[0]] if yesterday else None
         hit.budget_tag = client_tag(hit.ip, hit.salt)
         fields, unattributed = [], []
-        for item in items:
-            event = Event(item, sites[site_id_of(item)])
+        for item, site in zip(items, found, strict=True):
+            event = Event(item, site)
             try:
                 for step in self.steps:
                     step(hit, event)

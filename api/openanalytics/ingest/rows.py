@@ -23,9 +23,23 @@ def property_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+_ID_BATCH = 256  # ids per read of the system's random source: one syscall per id cost as much as the rest
+_random_bytes = bytearray()
+
+
+def _forget_random_bytes() -> None:
+    _random_bytes.clear()  # a forked child must not hand out the ids its parent will
+
+
+os.register_at_fork(after_in_child=_forget_random_bytes)
+
+
 def new_event_id() -> str:
     """A random (version 4) UUID as text, without building a UUID object."""
-    raw = bytearray(os.urandom(16))
+    if not _random_bytes:
+        _random_bytes.extend(os.urandom(16 * _ID_BATCH))
+    raw = _random_bytes[-16:]
+    del _random_bytes[-16:]
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
