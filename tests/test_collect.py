@@ -143,6 +143,9 @@ async def test_preflight(client):
     response = await client.options("/collect", headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"})
     assert response.status_code == 204
     assert "POST" in response.headers["access-control-allow-methods"]
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert response.headers["access-control-allow-headers"] == "Content-Type"
+    assert response.headers["access-control-max-age"] == "86400"
 
 
 async def test_store_failure_is_still_204(client, stores, tenant, monkeypatch):
@@ -334,3 +337,10 @@ def test_event_ids_are_version_4_uuids_and_a_forked_child_makes_its_own():
         os._exit(0)
     os.waitpid(pid, 0)
     assert os.read(read, 64).decode() != new_event_id(), "the parent's unused random bytes were reused"
+
+
+async def test_the_answer_carries_only_the_cors_header_a_browser_reads(client, tenant):
+    response = await client.post("/collect", json=hit(tenant.site_id))
+    assert_silent(response)
+    assert not any(name.startswith("access-control-") and name != "access-control-allow-origin"
+                   for name in response.headers), "Allow-Methods, Allow-Headers and Max-Age belong to the preflight"

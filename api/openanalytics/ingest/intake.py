@@ -230,7 +230,8 @@ class CollectEndpoint:
                 telemetry.COLLECT_DURATION.record(timer.seconds())
             else:
                 await self._receive(scope, receive)
-        await send({"type": "http.response.start", "status": 204, "headers": _CORS_HEADERS})
+        headers = _ANSWER_HEADERS if scope["method"] == "POST" else _PREFLIGHT_HEADERS
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
     async def _receive(self, scope: Scope, receive: Receive, parent: str | None = None) -> None:
@@ -253,7 +254,9 @@ class CollectEndpoint:
 
 
 _WANTED = {b"user-agent", b"accept-language", b"content-length", b"x-forwarded-for"}
-_CORS_HEADERS = [(k.lower().encode(), v.encode()) for k, v in CORS.items()]
+_PREFLIGHT_HEADERS = [(k.lower().encode(), v.encode()) for k, v in CORS.items()]
+# A browser reads only Allow-Origin on the answer itself; the rest matter to the preflight.
+_ANSWER_HEADERS = [(b"access-control-allow-origin", CORS["Access-Control-Allow-Origin"].encode())]
 
 
 def _wanted_headers(scope: Scope) -> dict[str, str]:
