@@ -344,3 +344,11 @@ async def test_the_answer_carries_only_the_cors_header_a_browser_reads(client, t
     assert_silent(response)
     assert not any(name.startswith("access-control-") and name != "access-control-allow-origin"
                    for name in response.headers), "Allow-Methods, Allow-Headers and Max-Age belong to the preflight"
+
+
+async def test_line_breaks_in_a_hit_reach_the_store_intact(client, stores, worker, tenant):
+    """The commit script takes rows one per line; a line break inside a value must not split one."""
+    body = hit(tenant.site_id, event_type="event", event_name="two\nlines", properties={"note": "a\r\nb\n"})
+    assert_silent(await client.post("/collect", json=body))
+    await worker.drain()
+    assert await stored_rows(stores, tenant.id, "event_name, properties") == [("two\nlines", {"note": "a\r\nb\n"})]

@@ -7,7 +7,8 @@ a whole batch of hits, and one Lua script does every hit's work in order, atomic
 answers each hit's outcome.
 
 A hit's short fields travel in one JSON array (decoded by Redis's C cjson, not by Lua code);
-its row and arrival texts follow as plain arguments, which need no escaping or decoding. Lua
+the row and arrival texts follow in one more argument, one per line, which needs no escaping
+or decoding. Lua
 keeps visitor and session ids and times as strings (its numbers are doubles).
 """
 
@@ -61,6 +62,14 @@ local function live(key)
   if sid and now - tonumber(seen) <= idle then return sid, who end
   return nil
 end
+-- Each hit's row and arrival, one per line: JSON from orjson holds no raw line break.
+local texts, at = ARGV[9], 1
+local function next_text()
+  local stop = string.find(texts, '\n', at, true)
+  local text = string.sub(texts, at, stop - 1)
+  at = stop + 1
+  return text
+end
 local outcomes, listed, drops = {}, {}, {}
 -- Realtime state, summed over the batch and written once per key at the end (see realtime.py).
 local seen, counts, ranks = {}, {}, {}
@@ -74,7 +83,7 @@ for n, f in ipairs(cjson.decode(ARGV[6])) do
   local visitor, previous, fresh = f[6], f[7], f[8]
   local event_id, reason, stamp, day = f[9], f[10], f[11], f[12]
   local event_type, path, source = f[13], f[14], f[15]
-  local row, arrival = ARGV[7 + 2 * n], ARGV[8 + 2 * n]
+  local row, arrival = next_text(), next_text()
   now = tonumber(stamp)
   local outcome = reason
   if kind == 'E' then
@@ -132,7 +141,7 @@ for key, reasons in pairs(drops) do
   for reason, n in pairs(reasons) do redis.call('HINCRBY', key, reason, n) end
   redis.call('EXPIRE', key, ttl * 2)
 end
-local recent, minutes = tonumber(ARGV[7]), tonumber(ARGV[8])  -- then each hit's row and arrival
+local recent, minutes = tonumber(ARGV[7]), tonumber(ARGV[8])
 for rt, visitors in pairs(seen) do
   local key, latest, scored = rt .. ':visitors', 0, {}
   for visitor, at in pairs(visitors) do
@@ -180,11 +189,11 @@ class Committer:
         outcomes: list[str] = []
         for start in range(0, len(hits), MAX_HITS_PER_CALL):  # no call long enough to stall Redis
             chunk = hits[start:start + MAX_HITS_PER_CALL]
-            # The row and arrival texts go as arguments of their own: inside the JSON array every
-            # quote in them would be escaped here and unescaped by Redis.
+            # The row and arrival texts go apart, one per line: inside the JSON array every quote
+            # in them would be escaped here and unescaped by Redis.
             fields = orjson.dumps([hit[2:] for hit in chunk])
-            texts = [text for hit in chunk for text in hit[:2]]
-            reply = await self._call([*self.shared, fields, RECENT_MS, MINUTES, *texts])
+            texts = "".join(f"{hit[0]}\n{hit[1]}\n" for hit in chunk)
+            reply = await self._call([*self.shared, fields, RECENT_MS, MINUTES, texts])
             outcomes += (reply.decode() if isinstance(reply, bytes) else reply).split(",")
         return outcomes
 
