@@ -8,8 +8,7 @@ answers each hit's outcome.
 
 A hit's short fields travel in one JSON array (decoded by Redis's C cjson, not by Lua code);
 the row and arrival texts follow in one more argument, one per line, which needs no escaping
-or decoding. Lua
-keeps visitor and session ids and times as strings (its numbers are doubles).
+or decoding. Lua keeps visitor and session ids and times as strings (its numbers are doubles).
 """
 
 from __future__ import annotations
