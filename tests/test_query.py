@@ -86,15 +86,24 @@ async def test_stats_over_two_days_with_the_previous_period(client, data):
 
 
 @pytest.mark.parametrize(("filters", "expected"), [
-    (["country==NL"], {"visitors": 1, "pageviews": 2, "sessions": 1, "bounce_rate": 0.0, "events": 3}),
-    (["country!=NL"], {"visitors": 2, "pageviews": 2, "sessions": 2, "bounce_rate": 0.5, "events": 5}),
-    (["path=@pric"], {"visitors": 2, "pageviews": 2, "sessions": 2, "bounce_rate": 0.5, "events": 3}),
-    (["path!@pric", "device==mobile"], {"visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 0.0, "events": 2}),
-    (["property:button==buy"], {"visitors": 1, "pageviews": 0, "sessions": 1, "bounce_rate": 0.0, "events": 1}),
-    (["event_name==renewal"], {"visitors": 1, "pageviews": 0, "sessions": 0, "bounce_rate": 0.0, "events": 1}),
-    (["entry_page==/pricing"], {"visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 1.0, "events": 1}),
-    (["exit_page==/"], {"visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 0.0, "events": 2}),
-    (["source==Google"], {"visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 0.0, "events": 1}),
+    (["country==NL"], {"visitors": 1, "pageviews": 2, "sessions": 1, "bounce_rate": 0.0, "events": 3,
+      "revenue": {"EUR": "10.5000"}}),
+    (["country!=NL"], {"visitors": 2, "pageviews": 2, "sessions": 2, "bounce_rate": 0.5, "events": 5,
+      "revenue": {"USD": "5.0000"}}),
+    (["path=@pric"], {"visitors": 2, "pageviews": 2, "sessions": 2, "bounce_rate": 0.5, "events": 3,
+      "revenue": {"EUR": "10.5000"}}),
+    (["path!@pric", "device==mobile"], {"visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 0.0, "events": 2,
+      "revenue": {}}),
+    (["property:button==buy"], {"visitors": 1, "pageviews": 0, "sessions": 1, "bounce_rate": 0.0, "events": 1,
+      "revenue": {}}),
+    (["event_name==renewal"], {"visitors": 1, "pageviews": 0, "sessions": 0, "bounce_rate": 0.0, "events": 1,
+      "revenue": {"USD": "5.0000"}}),
+    (["entry_page==/pricing"], {"visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 1.0, "events": 1,
+      "revenue": {}}),
+    (["exit_page==/"], {"visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 0.0, "events": 2,
+      "revenue": {}}),
+    (["source==Google"], {"visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 0.0, "events": 1,
+      "revenue": {}}),
 ])
 async def test_filters_combine_on_stats(client, data, filters, expected):
     body = await get(client, data, "stats", **{"from": DAY, "to": DAY, "filter": filters,
