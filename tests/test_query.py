@@ -159,6 +159,25 @@ async def test_breakdown_pages(client, data):
     assert third["results"] == [{"path": "", "pageviews": 0, "visitors": 1}] and third["next_offset"] is None
 
 
+async def test_bounces_count_under_the_group_of_their_one_event_when_it_matches(client, data):
+    # On D: A's session has 3 events, B21 one pageview (/pricing, a bounce), B22 a pageview and a click.
+    by_path = await get(client, data, "breakdown", **{"from": DAY, "to": DAY, "dimension": "path",
+                                                      "metrics": "sessions,bounce_rate", "filter": "country==DE"})
+    assert by_path["results"] == [{"path": "/", "sessions": 1, "bounce_rate": 0.0},
+                                  {"path": "/pricing", "sessions": 1, "bounce_rate": 1.0}]
+    # B21's bounce does not match path==/, so the day has two sessions and no bounce.
+    by_day = await get(client, data, "timeseries", **{"from": DAY, "to": DAY, "metrics": "sessions,bounce_rate",
+                                                      "filter": "path==/"})
+    assert by_day["results"] == [{"bucket": DAY, "sessions": 2, "bounce_rate": 0.0}]
+    by_country = await get(client, data, "breakdown", **{"from": BEFORE, "to": DAY, "dimension": "country",
+                                                         "metrics": "sessions,bounce_rate,visitors,revenue"})
+    assert by_country["results"] == [
+        {"country": "NL", "sessions": 2, "bounce_rate": 0.5, "visitors": 2, "revenue": {"EUR": "10.5000"}},
+        {"country": "DE", "sessions": 2, "bounce_rate": 0.5, "visitors": 1, "revenue": {}},
+        {"country": "", "sessions": 0, "bounce_rate": 0.0, "visitors": 1, "revenue": {"USD": "5.0000"}},
+    ]
+
+
 async def test_daily_timeseries_in_utc_and_in_amsterdam(client, data):
     utc = await get(client, data, "timeseries", **{"from": BEFORE, "to": DAY})
     assert utc["results"] == [{"bucket": BEFORE, "visitors": 1, "pageviews": 1},
@@ -291,6 +310,7 @@ async def test_hostile_filter_values_match_nothing(client, data, value):
     (["visitors", "revenue"], "path"),  # flat
     (["bounce_rate", "revenue"], None),  # per session
     (["sessions"], "entry_page"),  # per session, by a session dimension
+    (["bounce_rate", "sessions", "revenue"], "path"),  # counted
     (["session_duration", "visitors"], "day"),  # joined
 ])
 def test_values_never_change_the_shape_of_the_sql(metrics, group):

@@ -5,14 +5,16 @@ have a matching event, read over all of the session's events in the window, so a
 picks sessions without cutting them short. Events without a session (server-side events)
 count for visitors, pageviews, events, conversions and revenue, never as sessions.
 
-One statement per query, in the cheapest of three shapes that answers it:
+One statement per query, in the cheapest of four shapes that answers it:
 
 - flat: no session metric and no session dimension; one GROUP BY over the events.
 - per session: totals or a session dimension (entry/exit page); events are grouped per
   session (with the filters as conditions inside the aggregates), then summed. Totals with
   revenue take it from the matching events beside that, not from a map per session.
-- joined: an event dimension or time bucket with session metrics; the matching events
-  are summed per (group, session) and joined to the sessions' whole numbers.
+- counted: an event dimension or time bucket whose only session metrics are sessions and
+  bounce rate; one GROUP BY over the events, joined to the bounced sessions per group.
+- joined: an event dimension or time bucket with other session metrics; the matching
+  events are summed per (group, session) and joined to the sessions' whole numbers.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ OUTER = (
     "sumIf(duration_ms, sid != 0) AS duration_total, sumIf(session_pv, sid != 0) AS session_pv_total, "
     "sumMap(rev_currency, rev_amount) AS revenue"
 )
+# Session metrics a grouped query can count without joining each group to whole sessions:
+# a group's sessions are distinct ids, and a bounced session has one event, so one group.
+COUNTED = {"sessions", "bounce_rate"}
 _TOTALS = ", ".join(f"s.{name} AS {name}" for name in (
     "k", "visitors", "pageviews", "events", "conversions", "sessions", "bounces", "duration_total", "session_pv_total"))
 _ORDER = {
@@ -72,9 +77,12 @@ class Aggregate:
     def _shape(self) -> str:
         if self.group in SESSION_DIMENSIONS:
             return "per_session"
-        if not SESSION_METRICS & set(self.metrics):
+        wanted = SESSION_METRICS & set(self.metrics)
+        if not wanted:
             return "flat"
-        return "per_session" if self.group is None else "joined"
+        if self.group is None:
+            return "per_session"
+        return "counted" if wanted <= COUNTED else "joined"
 
     def sql(self, limit: int | None = None, offset: int = 0) -> tuple[str, dict[str, Any]]:
         conditions, params = where(self.filters, self.table, RANGE_SQL)
@@ -103,6 +111,24 @@ class Aggregate:
                 f"SELECT {_TOTALS}, r.amounts AS revenue FROM ({inner}) AS s CROSS JOIN "
                 f"(SELECT sumMap({REVENUE}) AS amounts FROM {table} "
                 f"WHERE {RANGE_SQL} AND {conditions} AND revenue IS NOT NULL) AS r"
+            )
+            return self._page(sql, params, limit, offset)
+        if shape == "counted":
+            key = self._key()
+            sql = (
+                "SELECT k, f.visitors AS visitors, f.pageviews AS pageviews, f.events AS events, "
+                "f.conversions AS conversions, f.sessions AS sessions, b.bounces AS bounces, "
+                "toUInt64(0) AS duration_total, toUInt64(0) AS session_pv_total, f.amounts AS revenue FROM "
+                f"(SELECT {key} AS k, uniqExactIf(visitor_id, visitor_id != 0) AS visitors, "
+                f"countIf({PAGEVIEW}) AS pageviews, count() AS events, countIf({CONVERSION}) AS conversions, "
+                "uniqExactIf(session_id, session_id != 0) AS sessions, "
+                f"{f'sumMapIf({REVENUE}, revenue IS NOT NULL)' if revenue else NO_REVENUE} AS amounts "
+                f"FROM {table} WHERE {RANGE_SQL} AND {conditions} GROUP BY k) AS f "
+                # Bounced sessions, each under the key of its one event, if that event matches.
+                f"LEFT JOIN (SELECT k, count() AS bounces FROM (SELECT any({key}) AS k FROM {table} "
+                f"WHERE {RANGE_SQL} AND session_id != 0 GROUP BY session_id "
+                f"HAVING count() = 1 AND countIf({PAGEVIEW}) = 1 AND countIf({conditions}) = 1) GROUP BY k) AS b "
+                "USING (k)"
             )
             return self._page(sql, params, limit, offset)
         if shape == "per_session":
