@@ -321,10 +321,11 @@ async def test_a_stop_does_not_wait_for_a_hung_redis_for_ever(stores, tenant, mo
     assert "answered /collect requests could not be stored" in caplog.text
 
 
-def test_event_ids_are_version_4_uuids_and_a_forked_child_makes_its_own():
+def test_event_and_session_ids_are_random_and_a_forked_child_makes_its_own():
     import os
     import uuid
 
+    from openanalytics.ingest.collect import _fresh_session
     from openanalytics.ingest.rows import new_event_id
 
     ids = [new_event_id() for _ in range(600)]  # past one read of the random source
@@ -332,11 +333,17 @@ def test_event_ids_are_version_4_uuids_and_a_forked_child_makes_its_own():
     assert all(uuid.UUID(i).version == 4 and str(uuid.UUID(i)) == i for i in ids)
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: its next id, then gone without running anything else
-        os.write(write, new_event_id().encode())
-        os._exit(0)
+    if pid == 0:  # the child: its next ids, then gone whatever happens, running nothing else
+        try:
+            os.write(write, f"{new_event_id()} {_fresh_session()}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
     os.waitpid(pid, 0)
-    assert os.read(read, 64).decode() != new_event_id(), "the parent's unused random bytes were reused"
+    with os.fdopen(read) as pipe:
+        child_event, child_session = pipe.read().split()
+    assert child_event != new_event_id(), "the parent's unused random bytes were reused"
+    assert int(child_session) != _fresh_session(), "the child's session ids repeat the parent's"
 
 
 async def test_the_answer_carries_only_the_cors_header_a_browser_reads(client, tenant):

@@ -471,3 +471,28 @@ async def test_a_batch_lists_only_the_newest_arrivals_and_counts_every_drop(stor
     assert recent[1] == {"n": 149, "outcome": "bot", "event_id": None}
     assert drops == {"bot": 100, "invalid": 50}
     assert await stores.redis.ttl(arrivals.drops_key(tenant.id, day)) > arrivals.TTL_SECONDS
+
+
+async def test_a_batch_spends_a_running_site_window_without_extending_it(stores, tenant):
+    from openanalytics.ingest import commit
+
+    committer = commit.Committer(stores.redis, stores.settings.stream_key, 60_000, 1_800_000)
+    now, day = int(time.time() * 1000), datetime.now(UTC).strftime("%Y-%m-%d")
+    site_key = f"oa:rl:collect:site:{tenant.id}"
+    await stores.redis.set(site_key, 3, px=5_000)  # this minute's window: 3 spent, 5 s left
+    batch = [_accepted(tenant.id, n, f"x{n}", 10, 5, now, day) for n in range(3)]
+    assert await committer.commit(batch) == ["accepted", "accepted", "rate_limited_site"]
+    assert int(await stores.redis.get(site_key)) == 6
+    assert 0 < await stores.redis.pttl(site_key) <= 5_000
+
+
+async def test_a_line_break_inside_a_row_fails_the_batch_instead_of_shifting_it(stores, tenant):
+    from openanalytics.ingest import commit
+
+    committer = commit.Committer(stores.redis, stores.settings.stream_key, 60_000, 1_800_000)
+    now, day = int(time.time() * 1000), datetime.now(UTC).strftime("%Y-%m-%d")
+    before = await stores.redis.xlen(stores.settings.stream_key)
+    broken = commit.accepted(tenant.id, "a", 10, 10, 1, None, 2, '{"n":\n1', '{"n":1', "e1", now, day, "pageview", "/", "")
+    with pytest.raises(ValueError, match="line break"):
+        await committer.commit([_accepted(tenant.id, 0, "a", 10, 10, now, day), broken])
+    assert await stores.redis.xlen(stores.settings.stream_key) == before

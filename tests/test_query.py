@@ -178,6 +178,20 @@ async def test_bounces_count_under_the_group_of_their_one_event_when_it_matches(
     ]
 
 
+@pytest.mark.parametrize("filters", [[], ["entry_page==/"], ["exit_page!=/pricing"], ["property:button==buy"],
+                                     ["country!=NL", "path=@p"]])
+async def test_counting_sessions_and_bounces_agrees_with_joining_whole_sessions(client, data, filters):
+    """Asking for session_duration too takes the joined shape; sessions and bounce rate must not move."""
+    for dimension in ("path", "country", "source", "browser"):
+        answers = []
+        for metrics in ("sessions,bounce_rate", "sessions,bounce_rate,session_duration"):
+            body = await get(client, data, "breakdown", **{"from": BEFORE, "to": DAY, "dimension": dimension,
+                                                           "metrics": metrics, "filter": filters, "limit": 100})
+            answers.append({row[dimension]: (row["sessions"], row["bounce_rate"]) for row in body["results"]})
+        assert answers[0] == answers[1], (dimension, filters)
+        assert answers[0] or filters, dimension
+
+
 async def test_daily_timeseries_in_utc_and_in_amsterdam(client, data):
     utc = await get(client, data, "timeseries", **{"from": BEFORE, "to": DAY})
     assert utc["results"] == [{"bucket": BEFORE, "visitors": 1, "pageviews": 1},

@@ -16,6 +16,7 @@ class Networks(tuple):
     __slots__ = ()
     __hash__ = object.__hash__
     __eq__ = object.__eq__
+    __ne__ = object.__ne__
 
 
 def parse_networks(cidrs: Iterable[str]) -> Networks:

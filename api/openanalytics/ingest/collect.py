@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import re
 import time
@@ -52,6 +53,7 @@ SITE_ID = re.compile(r"^site_[0-9a-f]{16}$")
 MAX_USER_AGENT = 512  # longer ones are cut before parsing and hashing (no browser sends more)
 MAX_URL = 2048
 _random = random.Random()
+os.register_at_fork(after_in_child=_random.seed)  # forked workers must not share session ids
 SITE_LOOKUPS_PER_SECOND = 200  # per process: site ids not in the cache, looked up in the database
 SESSION_IDLE_MS = int(SESSION_IDLE.total_seconds() * 1000)
 

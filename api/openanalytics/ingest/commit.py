@@ -39,6 +39,8 @@ local function spend(key, limit)
 end
 -- A site's budget is read once per batch, counted here and written back at the end: one hit
 -- after another, exactly as INCR per hit would, for two calls per site instead of one per hit.
+-- (Should the script fail halfway, the hits already on the stream are not charged: Redis keeps
+-- a failed script's writes, and the budget is written last.)
 local site_used, site_spent = {}, {}
 local function spend_site(key, limit)
   if not site_used[key] then
@@ -77,7 +79,7 @@ local function rank(key, member)
   ranks[key] = members
   members[member] = (members[member] or 0) + 1
 end
-for n, f in ipairs(cjson.decode(ARGV[6])) do
+for _, f in ipairs(cjson.decode(ARGV[6])) do
   local kind, pid, iptag, iplimit, sitelimit = f[1], f[2], f[3], f[4], f[5]
   local visitor, previous, fresh = f[6], f[7], f[8]
   local event_id, reason, stamp, day = f[9], f[10], f[11], f[12]
@@ -143,10 +145,11 @@ end
 local recent, minutes = tonumber(ARGV[7]), tonumber(ARGV[8])
 for rt, visitors in pairs(seen) do
   local key, latest, scored = rt .. ':visitors', 0, {}
-  for visitor, at in pairs(visitors) do
-    scored[#scored + 1], scored[#scored + 2] = at, visitor
-    latest = math.max(latest, at)
+  for visitor, last in pairs(visitors) do
+    scored[#scored + 1], scored[#scored + 2] = last, visitor
+    latest = math.max(latest, last)
   end
+  -- an even chunk size: a score never parts from its member
   each_chunk(scored, 1000, function(...) redis.call('ZADD', key, 'GT', ...) end)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('(%d', latest - recent))
   redis.call('PEXPIRE', key, recent)
@@ -169,7 +172,8 @@ def accepted(project_id: str, ip_tag: str, per_ip: int, per_site: int, visitor: 
              fresh_session: int, row: str, arrival: str, event_id: str, stamp_ms: int, day: str,
              event_type: str, path: str, source: str) -> list:
     """An event that passed the steps, as the script takes it (`row` and `arrival` are JSON objects
-    without their closing brace: the script appends fields; the last three feed realtime)."""
+    without their closing brace and without raw line breaks, as orjson writes them: the script appends
+    fields; the last three feed realtime)."""
     return [row, arrival, "E", project_id, ip_tag, per_ip, per_site, str(visitor), str(previous or ""),
             str(fresh_session), event_id, "", str(stamp_ms), day, event_type, path, source]
 
@@ -192,6 +196,8 @@ class Committer:
             # in them would be escaped here and unescaped by Redis.
             fields = orjson.dumps([hit[2:] for hit in chunk])
             texts = "".join(f"{hit[0]}\n{hit[1]}\n" for hit in chunk)
+            if texts.count("\n") != 2 * len(chunk):  # a line break inside one would shift every later hit
+                raise ValueError("a row or arrival holds a line break")
             reply = await self._call([*self.shared, fields, RECENT_MS, MINUTES, texts])
             outcomes += (reply.decode() if isinstance(reply, bytes) else reply).split(",")
         return outcomes

@@ -24,26 +24,27 @@ def property_text(value: Any) -> str:
 
 
 _ID_BATCH = 256  # ids per read of the system's random source: one syscall per id cost as much as the rest
-_random_bytes = bytearray()
+_ready_ids: list[str] = []  # list.pop is atomic: no two threads get the same id
 
 
-def _forget_random_bytes() -> None:
-    _random_bytes.clear()  # a forked child must not hand out the ids its parent will
-
-
-os.register_at_fork(after_in_child=_forget_random_bytes)
-
-
-def new_event_id() -> str:
-    """A random (version 4) UUID as text, without building a UUID object."""
-    if not _random_bytes:
-        _random_bytes.extend(os.urandom(16 * _ID_BATCH))
-    raw = _random_bytes[-16:]
-    del _random_bytes[-16:]
+def _uuid4_text(raw: bytearray) -> str:
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID as text, without building a UUID object."""
+    try:
+        return _ready_ids.pop()
+    except IndexError:
+        pool = os.urandom(16 * _ID_BATCH)
+        _ready_ids.extend(_uuid4_text(bytearray(pool[n:n + 16])) for n in range(0, len(pool), 16))
+        return _ready_ids.pop()
+
+
+os.register_at_fork(after_in_child=_ready_ids.clear)  # a forked child must not hand out its parent's ids
 
 
 def url_parts(url: str | None) -> dict[str, str]:
