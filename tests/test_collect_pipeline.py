@@ -429,6 +429,18 @@ async def test_tracker_is_small_and_cacheable(client):
     assert again.status_code == 304 and again.content == b""
 
 
+@pytest.fixture
+def committer(stores):
+    from openanalytics.ingest import commit
+
+    return commit.Committer(stores.redis, stores.settings.stream_key, 60_000, 1_800_000)
+
+
+def _now() -> tuple[int, str]:
+    """This moment as the commit script takes it: epoch milliseconds and the UTC day."""
+    return int(time.time() * 1000), datetime.now(UTC).strftime("%Y-%m-%d")
+
+
 def _accepted(project_id: str, n: int, ip_tag: str, per_ip: int, per_site: int, now_ms: int, day: str) -> list:
     from openanalytics.ingest import commit
 
@@ -436,14 +448,12 @@ def _accepted(project_id: str, n: int, ip_tag: str, per_ip: int, per_site: int, 
                            f'{{"n":{n}', f"e{n}", now_ms, day, "pageview", "/", "")
 
 
-async def test_one_batch_spends_the_budgets_hit_by_hit(stores, tenant):
+async def test_one_batch_spends_the_budgets_hit_by_hit(stores, tenant, committer):
     """Within a script call the site's budget is counted locally: the outcomes must be those of one
     INCR per hit, in order, and the count written back must carry over to the next batch."""
     from openanalytics.ingest import commit
 
-    committer = commit.Committer(stores.redis, stores.settings.stream_key, 60_000, 1_800_000)
-    now = int(time.time() * 1000)
-    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    now, day = _now()
     tags = ["a", "a", "a", "b", "c", "d", "e", "f"]
     batch = [_accepted(tenant.id, n, tag, 2, 5, now, day) for n, tag in enumerate(tags)]
     batch.insert(3, commit.dropped(tenant.id, '{"n":-1', "bot", now, day))  # spends nothing
@@ -456,12 +466,10 @@ async def test_one_batch_spends_the_budgets_hit_by_hit(stores, tenant):
     assert 0 < await stores.redis.pttl(site_key) <= 60_000
 
 
-async def test_a_batch_lists_only_the_newest_arrivals_and_counts_every_drop(stores, tenant):
+async def test_a_batch_lists_only_the_newest_arrivals_and_counts_every_drop(stores, tenant, committer):
     from openanalytics.ingest import arrivals, commit
 
-    committer = commit.Committer(stores.redis, stores.settings.stream_key, 60_000, 1_800_000)
-    now = int(time.time() * 1000)
-    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    now, day = _now()
     batch = [commit.dropped(tenant.id, f'{{"n":{n}', "bot" if n % 3 else "invalid", now, day) for n in range(150)]
     batch.append(_accepted(tenant.id, 150, "a", 10, 10, now, day))
     assert await committer.commit(batch) == ["invalid", "bot", "bot"] * 50 + ["accepted"]
@@ -473,11 +481,8 @@ async def test_a_batch_lists_only_the_newest_arrivals_and_counts_every_drop(stor
     assert await stores.redis.ttl(arrivals.drops_key(tenant.id, day)) > arrivals.TTL_SECONDS
 
 
-async def test_a_batch_spends_a_running_site_window_without_extending_it(stores, tenant):
-    from openanalytics.ingest import commit
-
-    committer = commit.Committer(stores.redis, stores.settings.stream_key, 60_000, 1_800_000)
-    now, day = int(time.time() * 1000), datetime.now(UTC).strftime("%Y-%m-%d")
+async def test_a_batch_spends_a_running_site_window_without_extending_it(stores, tenant, committer):
+    now, day = _now()
     site_key = f"oa:rl:collect:site:{tenant.id}"
     await stores.redis.set(site_key, 3, px=5_000)  # this minute's window: 3 spent, 5 s left
     batch = [_accepted(tenant.id, n, f"x{n}", 10, 5, now, day) for n in range(3)]
@@ -486,11 +491,10 @@ async def test_a_batch_spends_a_running_site_window_without_extending_it(stores,
     assert 0 < await stores.redis.pttl(site_key) <= 5_000
 
 
-async def test_a_line_break_inside_a_row_fails_the_batch_instead_of_shifting_it(stores, tenant):
+async def test_a_line_break_inside_a_row_fails_the_batch_instead_of_shifting_it(stores, tenant, committer):
     from openanalytics.ingest import commit
 
-    committer = commit.Committer(stores.redis, stores.settings.stream_key, 60_000, 1_800_000)
-    now, day = int(time.time() * 1000), datetime.now(UTC).strftime("%Y-%m-%d")
+    now, day = _now()
     before = await stores.redis.xlen(stores.settings.stream_key)
     broken = commit.accepted(tenant.id, "a", 10, 10, 1, None, 2, '{"n":\n1', '{"n":1', "e1", now, day, "pageview", "/", "")
     with pytest.raises(ValueError, match="line break"):
