@@ -36,6 +36,26 @@ async def test_project_database_migrations_are_idempotent(stores, tenant):
     assert events.call(ttl_days, events, tenant.id) == 90
 
 
+async def test_a_version_1_database_gets_the_read_fast_codecs_and_keeps_its_rows(stores, tenant, monkeypatch):
+    from openanalytics.provisioning import events_schema
+
+    events, db = stores.events, database_name(tenant.id)
+    events.call(events.command, f"DROP DATABASE IF EXISTS {db}")
+    monkeypatch.setattr(events_schema, "MIGRATIONS", events_schema.MIGRATIONS[:1])
+    events.call(migrate_project, events, tenant.id, 90)
+    events.call(events.command, f"INSERT INTO {db}.events (event_id, event_type, timestamp, visitor_id) "
+                                "VALUES (generateUUIDv4(), 'pageview', now64(3), 7)")
+    monkeypatch.undo()
+    assert events.call(migrate_project, events, tenant.id, 90) == CURRENT_VERSION
+    codecs = dict(events.call(events.rows, "SELECT name, compression_codec FROM system.columns "
+                                           "WHERE database = {db:String} AND table = 'events'", {"db": db}))
+    assert codecs["timestamp"] == codecs["visitor_id"] == "CODEC(Delta(8), LZ4)"
+    assert codecs["session_id"] == codecs["path"] == codecs["revenue"] == "CODEC(LZ4)"
+    assert codecs["city"] == "", "columns the queries rarely read keep the default"
+    assert events.call(events.rows, f"SELECT visitor_id FROM {db}.events") == [(7,)]
+    assert events.call(ttl_days, events, tenant.id) == 90
+
+
 async def test_plan_change_moves_the_ttl(stores, make_tenant):
     tenant = make_tenant(plan="free")
     assert tenant.id in provision_pending(stores.db, stores.events)

@@ -62,10 +62,26 @@ _EVENTS_TABLE = (
     "SETTINGS non_replicated_deduplication_window = 10000"
 )
 
+# The columns every query reads, compressed for reading fast: LZ4 decompresses several times
+# faster than the ZSTD chdb uses by default, and Delta first makes the sorted timestamps and
+# visitor ids small (10M events, 30 days: exact visitors 127 -> 72 ms, per day 208 -> 112).
+# Existing parts keep their codec until merged.
+_READ_FAST_CODECS = {
+    "timestamp": "Delta, LZ4",
+    "visitor_id": "Delta, LZ4",
+    "session_id": "LZ4",
+    "event_type": "LZ4",
+    "path": "LZ4",
+    "revenue": "LZ4",
+    "currency": "LZ4",
+}
+
 # Append only. Each statement must be idempotent; `{db}` and `{retention_days}` are
 # filled from validated values, never from user input.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [_EVENTS_TABLE]),
+    (2, ["ALTER TABLE {db}.events " + ", ".join(
+        f"MODIFY COLUMN `{name}` {EVENT_COLUMNS[name]} CODEC({codec})" for name, codec in _READ_FAST_CODECS.items())]),
 ]
 CURRENT_VERSION = MIGRATIONS[-1][0]
 
