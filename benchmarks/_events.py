@@ -7,8 +7,9 @@ import os
 import time
 from datetime import UTC, datetime, timedelta
 
-# 5 events per session, 3 sessions per visitor, 200 paths, 20 countries, 30 days; one event
-# in ten a custom event, one in fifty a conversion; user ids on every event, 50 events each.
+# 5 events per session (each with its session's source), 3 sessions per visitor, 200 paths,
+# 20 countries, 30 days; one event in ten a custom event, one in fifty a conversion; user ids
+# on every event, 50 events each.
 # Visitor and session ids are 63-bit hashes, as the pipeline makes them: counting ids gives
 # the same answers, but sequential ids would compress (and read) unrealistically well.
 LOAD_SQL = """
@@ -17,7 +18,7 @@ INSERT INTO {db}.events (event_id, event_type, event_name, timestamp, received_a
 SELECT generateUUIDv4(number), t, if(t = 'pageview', '', 'signup'), ts, ts, 'collect',
        bitShiftRight(sipHash64(intDiv(number, 15)), 1) + 1, bitShiftRight(sipHash64(intDiv(number, 5), 7), 1) + 1,
        concat('https://shop.example', p), 'shop.example', p,
-       ['', 'Google', 'Twitter', 'Bing'][number % 4 + 1], c, ['desktop', 'mobile', 'tablet'][number % 3 + 1],
+       ['', 'Google', 'Twitter', 'Bing'][intDiv(number, 5) % 4 + 1], c, ['desktop', 'mobile', 'tablet'][number % 3 + 1],
        ['Chrome', 'Firefox', 'Safari'][number % 3 + 1], ['Windows', 'Mac OS X', 'iOS', 'Android'][number % 4 + 1],
        if(t = 'conversion', toDecimal64(19.99, 4), NULL), if(t = 'conversion', 'EUR', ''),
        concat('user-', toString(intDiv(number, 15) % 200000))

@@ -307,6 +307,46 @@ async def test_a_visit_continuing_well_past_midnight_stays_one_visit(app, stores
     assert len(set(found)) == 1, "gaps of 25 minutes at most: one visitor, one session"
 
 
+async def test_a_session_keeps_where_it_came_from_on_every_event(app, stores, worker, tenant):
+    """Referrer, source and UTM fields are the session's first hit's: the pages after landing (their
+    referrer is the site itself) and a conversion count for Google and the campaign, not as direct."""
+    start = datetime(2026, 11, 26, 23, 40, tzinfo=UTC)
+    now = start
+    app.state.collector.clock = lambda: now
+    visit = [  # minutes after start, url, referrer, event type
+        (0, "https://shop.example/?utm_source=news&utm_campaign=fall", "https://www.google.com/", "pageview"),
+        (1, "https://shop.example/pricing", "https://shop.example/", "pageview"),
+        (2, "https://shop.example/pricing?utm_campaign=other", "https://t.co/x", "pageview"),  # still the first's
+        (25, "https://shop.example/thanks", "https://shop.example/pricing", "conversion"),  # after midnight
+        (25 + 31, "https://shop.example/", None, "pageview"),  # 31 idle minutes: a new, direct session
+        (25 + 32, "https://shop.example/pricing", "https://shop.example/", "pageview"),
+    ]
+    for minutes, url, referrer, event_type in visit:
+        now = start + timedelta(minutes=minutes)
+        await send(app, tenant, url=url, referrer=referrer, event_type=event_type, event_name="buy")
+    found = sorted(await rows(stores, worker, tenant, "received_at, session_id, path, referrer, referrer_source, "
+                                                      "utm_source, utm_campaign"))
+    google = ("https://www.google.com/", "Google", "news", "fall")
+    assert [r[3:] for r in found] == [google] * 4 + [("", "", "", "")] * 2
+    assert [r[2] for r in found] == ["/", "/pricing", "/pricing", "/thanks", "/", "/pricing"], "pages stay each hit's"
+    assert len({r[1] for r in found[:4]}) == 1 and found[4][1] == found[5][1] != found[0][1]
+
+
+async def test_a_session_stored_before_acquisitions_were_kept_continues(app, stores, worker, tenant):
+    """Sessions in Redis from before this release hold no acquisition: they go on, and take the next hit's."""
+    now = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    app.state.collector.clock = lambda: now
+    await send(app, tenant)
+    (key,) = await stores.redis.keys(f"oa:sess:{tenant.id}:*")
+    sid, seen, visitor = (await stores.redis.get(key)).decode().split("\n")[0].split(":")[:3]
+    await stores.redis.set(key, f"{sid}:{seen}:{visitor}")  # the old form
+    now += timedelta(minutes=5)
+    await send(app, tenant, url="https://shop.example/?utm_campaign=late", referrer="https://www.bing.com/")
+    found = sorted(await rows(stores, worker, tenant, "received_at, session_id, referrer_source, utm_campaign"))
+    assert [r[1] for r in found] == [int(sid)] * 2
+    assert [r[2:] for r in found] == [("", ""), ("Bing", "late")]
+
+
 async def test_a_batch_for_two_sites_gives_each_its_own_visitor(app, stores, worker, make_tenant):
     first, second = make_tenant(), make_tenant()
     await send(app, second)  # alone, for reference
@@ -343,8 +383,8 @@ async def test_realtime_from_redis_state(app, stores, tenant):
     start = datetime(2026, 11, 26, 10, 0, 30, tzinfo=UTC)
     now = start
     app.state.collector.clock = lambda: now
-    for _ in range(3):
-        await send(app, tenant, ip="198.51.100.1", url="https://shop.example/", referrer="https://www.google.com/")
+    for referrer in ("https://www.google.com/", "https://shop.example/", None):  # the visit came from Google
+        await send(app, tenant, ip="198.51.100.1", url="https://shop.example/", referrer=referrer)
     await send(app, tenant, ip="203.0.113.2", url="https://shop.example/pricing")
     await send(app, tenant, ip="203.0.113.2", url="https://shop.example/pricing", event_type="event", event_name="click")
     await send(app, tenant, ip="192.0.2.3", ua=BOTS["googlebot"])  # not a visitor

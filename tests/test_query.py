@@ -8,6 +8,8 @@ The data (day D is two days ago, UTC; C's visit is the evening before):
     visitor 2, session 21: 11:00 pageview /pricing (DE, Firefox, mobile)              -> a bounce
     visitor 2, session 22: 15:00 pageview /        (Twitter, DE)
                            15:00:30 event click on /, property button=buy (DE)
+
+Every event of a session carries the session's referrer and source, as the pipeline stores them.
     server, no session:    12:00 event invoice (no visitor); 13:00 conversion renewal, 5 USD (visitor 9)
     visitor 3, session 31: D-1 23:30 pageview /blog (Twitter, NL)                       -> a bounce
 """
@@ -41,11 +43,13 @@ B22 = {**B21, "session_id": 22}
 C = {"visitor_id": 3, "session_id": 31, "country": "NL", "browser": "Chrome", "device": "desktop", "hostname": "shop.example"}
 EVENTS = [
     event(at(10), path="/", referrer="https://www.google.com/", referrer_source="Google", **A),
-    event(at(10, 1), path="/pricing", **A),
-    event(at(10, 3), "conversion", event_name="signup", path="/pricing", revenue="10.5", currency="EUR", **A),
+    event(at(10, 1), path="/pricing", referrer="https://www.google.com/", referrer_source="Google", **A),
+    event(at(10, 3), "conversion", event_name="signup", path="/pricing", revenue="10.5", currency="EUR",
+          referrer="https://www.google.com/", referrer_source="Google", **A),
     event(at(11), path="/pricing", **B21),
     event(at(15), path="/", referrer="https://t.co/x", referrer_source="Twitter", **B22),
-    event(at(15, 0, 30), "event", event_name="click", path="/", properties={"button": "buy"}, **B22),
+    event(at(15, 0, 30), "event", event_name="click", path="/", properties={"button": "buy"},
+          referrer="https://t.co/x", referrer_source="Twitter", **B22),
     event(at(12), "event", event_name="invoice"),
     event(at(13), "conversion", event_name="renewal", revenue="5", currency="USD", visitor_id=9, user_id="u9"),
     event(at(23, 30, day=D - timedelta(days=1)), path="/blog", referrer_source="Twitter", **C),
@@ -102,8 +106,8 @@ async def test_stats_over_two_days_with_the_previous_period(client, data):
       "revenue": {}}),
     (["exit_page==/"], {"visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 0.0, "events": 2,
       "revenue": {}}),
-    (["source==Google"], {"visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 0.0, "events": 1,
-      "revenue": {}}),
+    (["source==Google"], {"visitors": 1, "pageviews": 2, "sessions": 1, "bounce_rate": 0.0, "events": 3,
+      "revenue": {"EUR": "10.5000"}}),  # the whole of session 11, its conversion too
 ])
 async def test_filters_combine_on_stats(client, data, filters, expected):
     body = await get(client, data, "stats", **{"from": DAY, "to": DAY, "filter": filters,
@@ -132,11 +136,18 @@ async def test_breakdown_by_source(client, data):
     body = await get(client, data, "breakdown", **{"from": DAY, "to": DAY, "dimension": "source",
                                                    "metrics": "visitors,pageviews,sessions,bounce_rate"})
     assert body["results"] == [
-        {"source": "", "visitors": 3, "pageviews": 2, "sessions": 3, "bounce_rate": 0.3333},
-        {"source": "Google", "visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 0.0},
+        {"source": "", "visitors": 2, "pageviews": 1, "sessions": 1, "bounce_rate": 1.0},  # session 21, server events
+        {"source": "Google", "visitors": 1, "pageviews": 2, "sessions": 1, "bounce_rate": 0.0},
         {"source": "Twitter", "visitors": 1, "pageviews": 1, "sessions": 1, "bounce_rate": 0.0},
     ]
     assert body["next_offset"] is None
+    body = await get(client, data, "breakdown", **{"from": DAY, "to": DAY, "dimension": "source",
+                                                   "metrics": "conversions,revenue"})
+    assert body["results"] == [  # session 11 converted three pages after landing from Google
+        {"source": "", "conversions": 1, "revenue": {"USD": "5.0000"}},
+        {"source": "Google", "conversions": 1, "revenue": {"EUR": "10.5000"}},
+        {"source": "Twitter", "conversions": 0, "revenue": {}},
+    ]
 
 
 async def test_breakdown_by_entry_page(client, data):

@@ -33,7 +33,7 @@ from openanalytics.ingest import commit
 from openanalytics.ingest.client_ip import client_ip, parse_networks
 from openanalytics.ingest.geo import Geo
 from openanalytics.ingest.referrer import source_for
-from openanalytics.ingest.rows import event_row
+from openanalytics.ingest.rows import UTM_FIELDS, event_row
 from openanalytics.ingest.schemas import EventIn, EventType
 from openanalytics.ingest.useragent import parse_agent
 from openanalytics.ingest.visitor import SESSION_IDLE, Salts, anonymise_ip, day_of, visitor_hash
@@ -172,7 +172,7 @@ class Site:
 class Event:
     """One event of a hit, as the steps fill it in."""
 
-    __slots__ = ("item", "site", "body", "row", "visitors")
+    __slots__ = ("item", "site", "body", "row", "visitors", "source", "acquired")
 
     def __init__(self, item: dict[str, Any], site: Site | None):
         self.item = item
@@ -180,6 +180,8 @@ class Event:
         self.body: CollectIn | None = None
         self.row: dict[str, Any] = {}
         self.visitors: tuple[int, int | None] = (0, None)
+        self.source = ""  # where this hit came from, and its referrer and UTM fields as
+        self.acquired = ""  # JSON members for the row: the commit script keeps its session's first
 
 
 def parse_items(body: bytes, max_batch: int) -> list[dict[str, Any]]:
@@ -303,7 +305,16 @@ class Collector:
         )
 
     def put_source(self, hit: Hit, event: Event) -> None:
-        event.row["referrer"], event.row["referrer_source"] = source_for(event.body.referrer, event.row.get("hostname", ""))
+        """Where the hit came from; the session's first hit decides for all of its events (commit.py)."""
+        row = event.row
+        referrer, source = source_for(event.body.referrer, row.get("hostname", ""))
+        acquired = {"referrer": referrer, "referrer_source": source} if source else {}
+        for name in UTM_FIELDS:
+            if name in row:
+                acquired[name] = row.pop(name)
+        if acquired:
+            event.source = source.replace("\n", " ")  # the script keeps it on a line of its own
+            event.acquired = "," + orjson.dumps(acquired)[1:-1].decode()
 
     def put_visitor(self, hit: Hit, event: Event) -> None:
         """Today's visitor and, just after midnight, yesterday's (its session may continue)."""
@@ -337,7 +348,7 @@ class Collector:
         return commit.accepted(
             site.project_id, hit.budget_tag, site.per_ip_per_minute, site.per_site_per_minute, *event.visitors,
             _fresh_session(), orjson.dumps(event.row)[:-1].decode(), arrival, event.row["event_id"],
-            hit.received_ms, hit.day, event.row["event_type"], event.row.get("path", ""), event.row["referrer_source"],
+            hit.received_ms, hit.day, event.row["event_type"], event.row.get("path", ""), event.source, event.acquired,
         )
 
     def prepare(self, items: list[dict[str, Any]], peer: str, headers: dict[str, str], received: datetime,

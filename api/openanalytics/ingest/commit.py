@@ -7,8 +7,14 @@ a whole batch of hits, and one Lua script does every hit's work in order, atomic
 answers each hit's outcome.
 
 A hit's short fields travel in one JSON array (decoded by Redis's C cjson, not by Lua code);
-the row and arrival texts follow in one more argument, one per line, which needs no escaping
-or decoding. Lua keeps visitor and session ids and times as strings (its numbers are doubles).
+the row, arrival and acquisition texts follow in one more argument, one per line, which needs
+no escaping or decoding. Lua keeps visitor and session ids and times as strings (its numbers
+are doubles).
+
+Where a visit came from (referrer, source, UTM fields: its acquisition) belongs to the
+session, as in every analytics tool: the session keeps its first event's, and the script
+writes it into every event of the session, so a conversion three pages after landing from
+Google counts for Google, not as direct traffic.
 """
 
 from __future__ import annotations
@@ -55,15 +61,18 @@ local function each_chunk(list, size, call)
     call(unpack(list, first, math.min(first + size - 1, #list)))
   end
 end
--- A session is "sid:last seen ms:visitor"; the visitor it started with stays its visitor.
+-- A session is "sid:last seen ms:visitor:source\nacquisition": the visitor, source and acquisition
+-- (JSON members for the row) it started with stay its own. (Sessions stored before the
+-- acquisition was kept have none: they take their next hit's.)
 local function live(key)
   local value = redis.call('GET', key)
   if not value then return nil end
-  local sid, seen, who = string.match(value, '^(%d+):(%d+):(%d+)$')
-  if sid and now - tonumber(seen) <= idle then return sid, who end
-  return nil
+  local sid, seen, who, rest = string.match(value, '^(%d+):(%d+):(%d+)(.*)$')
+  if not sid or now - tonumber(seen) > idle then return nil end
+  local source, acquired = string.match(rest, '^:([^\n]*)\n(.*)$')
+  return sid, who, source, acquired
 end
--- Each hit's row and arrival, one per line: JSON from orjson holds no raw line break.
+-- Each hit's row, arrival and acquisition, one per line: JSON from orjson holds no raw line break.
 local texts, at = ARGV[9], 1
 local function next_text()
   local stop = string.find(texts, '\n', at, true)
@@ -84,7 +93,7 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
   local visitor, previous, fresh = f[6], f[7], f[8]
   local event_id, reason, stamp, day = f[9], f[10], f[11], f[12]
   local event_type, path, source = f[13], f[14], f[15]
-  local row, arrival = next_text(), next_text()
+  local row, arrival, acquired = next_text(), next_text(), next_text()
   now = tonumber(stamp)
   local outcome = reason
   if kind == 'E' then
@@ -94,15 +103,16 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
       outcome = 'rate_limited_site'
     else
       local key = 'oa:sess:' .. pid .. ':' .. visitor
-      local sid, who = live(key)
+      local sid, who, first_source, first_acquired = live(key)
       if not sid and previous ~= '' then
         -- Just after midnight: yesterday's visitor may be mid-visit. Continue it under today's key too.
-        sid, who = live('oa:sess:' .. pid .. ':' .. previous)
+        sid, who, first_source, first_acquired = live('oa:sess:' .. pid .. ':' .. previous)
       end
       sid, visitor = sid or fresh, who or visitor
-      redis.call('SET', key, sid .. ':' .. stamp .. ':' .. visitor, 'PX', idle * 2)
+      if first_acquired then source, acquired = first_source, first_acquired end
+      redis.call('SET', key, sid .. ':' .. stamp .. ':' .. visitor .. ':' .. source .. '\n' .. acquired, 'PX', idle * 2)
       -- field 'e' as in buffer.FIELD, which the worker reads
-      redis.call('XADD', stream, '*', 'e', row .. ',"visitor_id":' .. visitor .. ',"session_id":' .. sid .. '}')
+      redis.call('XADD', stream, '*', 'e', row .. acquired .. ',"visitor_id":' .. visitor .. ',"session_id":' .. sid .. '}')
       outcome = 'accepted'
       local rt = 'oa:rt:' .. pid
       seen[rt] = seen[rt] or {}
@@ -170,16 +180,17 @@ _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 
 def accepted(project_id: str, ip_tag: str, per_ip: int, per_site: int, visitor: int, previous: int | None,
              fresh_session: int, row: str, arrival: str, event_id: str, stamp_ms: int, day: str,
-             event_type: str, path: str, source: str) -> list:
+             event_type: str, path: str, source: str, acquired: str = "") -> list:
     """An event that passed the steps, as the script takes it (`row` and `arrival` are JSON objects
     without their closing brace and without raw line breaks, as orjson writes them: the script appends
-    fields; the last three feed realtime)."""
-    return [row, arrival, "E", project_id, ip_tag, per_ip, per_site, str(visitor), str(previous or ""),
+    fields; the last three feed realtime). `source` and `acquired` (JSON members with a leading comma,
+    or "") are where this hit came from, which its session keeps if this hit starts it."""
+    return [row, arrival, acquired, "E", project_id, ip_tag, per_ip, per_site, str(visitor), str(previous or ""),
             str(fresh_session), event_id, "", str(stamp_ms), day, event_type, path, source]
 
 
 def dropped(project_id: str, arrival: str, reason: str, stamp_ms: int, day: str) -> list:
-    return ["", arrival, "D", project_id, "", 0, 0, "", "", "", "", reason, str(stamp_ms), day, "", "", ""]
+    return ["", arrival, "", "D", project_id, "", 0, 0, "", "", "", "", reason, str(stamp_ms), day, "", "", ""]
 
 
 class Committer:
@@ -194,10 +205,10 @@ class Committer:
             chunk = hits[start:start + MAX_HITS_PER_CALL]
             # The row and arrival texts go apart, one per line: inside the JSON array every quote
             # in them would be escaped here and unescaped by Redis.
-            fields = orjson.dumps([hit[2:] for hit in chunk])
-            texts = "".join(f"{hit[0]}\n{hit[1]}\n" for hit in chunk)
-            if texts.count("\n") != 2 * len(chunk):  # a line break inside one would shift every later hit
-                raise ValueError("a row or arrival holds a line break")
+            fields = orjson.dumps([hit[3:] for hit in chunk])
+            texts = "".join(f"{hit[0]}\n{hit[1]}\n{hit[2]}\n" for hit in chunk)
+            if texts.count("\n") != 3 * len(chunk):  # a line break inside one would shift every later hit
+                raise ValueError("a row, arrival or acquisition holds a line break")
             reply = await self._call([*self.shared, fields, RECENT_MS, MINUTES, texts])
             outcomes += (reply.decode() if isinstance(reply, bytes) else reply).split(",")
         return outcomes
