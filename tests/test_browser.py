@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
 from functools import partial
-from urllib.parse import urlsplit
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -42,8 +43,9 @@ def platform(tmp_path_factory):
     wait_ready(api, proc, tmp / "standalone.log")
     site = tmp / "site"
     site.mkdir()
-    for name, extra in (("app.html", ""), ("dnt.html", 'data-respect-dnt="true"'), ("optout.html", "")):
+    for name, extra in (("app.html", ""), ("dnt.html", 'data-respect-dnt="true"'), ("optout.html", ""), ("back.html", "")):
         (site / name).write_text(PAGE.format(api=api, site=project["site_id"], extra=extra))
+    (site / "elsewhere.html").write_text("<!doctype html><title>another site's page</title>")
     pages = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(site)))
     threading.Thread(target=pages.serve_forever, daemon=True).start()
     yield {"api": api, "project": project["id"], "headers": {"Authorization": f"Bearer {key['secret']}"},
@@ -81,7 +83,7 @@ def test_pageviews_spa_navigation_events_and_conversions_arrive(platform, chromi
     page.evaluate("history.pushState({}, '', '/spa/one')")
     page.evaluate("history.pushState({}, '', '/spa/two')")
     page.evaluate("history.replaceState({}, '', '/spa/two')")  # the same page: not counted again
-    page.evaluate("oa('event', 'signup', {plan: 'pro'})")
+    page.evaluate("oa('event', 'signup', {plan: 'pro', currency: 'EUR'})")  # only a conversion's is money
     page.evaluate("oa('conversion', 'purchase', {revenue: 49.99, currency: 'USD', plan: 'pro'})")
     expected = [("pageview", None, "/app.html"), ("event", "queued_before_load", "/app.html"),
                 ("pageview", None, "/spa/one"), ("pageview", None, "/spa/two"),
@@ -103,6 +105,36 @@ def test_pageviews_spa_navigation_events_and_conversions_arrive(platform, chromi
                       params={"from": today, "to": today, "group_by": "path"}, headers=platform["headers"]).json()
     assert {r["path"]: r["pageviews"] for r in views["results"]} == {"/app.html": 1, "/spa/one": 1, "/spa/two": 1}
     assert views["totals"] == {"pageviews": 3, "visitors": 1, "events": 6}
+    stats = httpx.get(f"{platform['api']}/v1/projects/{platform['project']}/stats",
+                      params={"from": today, "to": today, "metrics": "conversions,revenue"}, headers=platform["headers"]).json()
+    assert stats["results"] == {"conversions": 1, "revenue": {"USD": "49.9900"}}
+    events = httpx.get(f"{platform['api']}/v1/projects/{platform['project']}/events",
+                       params={"from": today, "to": today, "event_name": "signup"}, headers=platform["headers"]).json()
+    assert [e["properties"] for e in events["results"]] == [{"plan": "pro", "currency": "EUR"}]
+
+
+def test_back_forward_and_coming_back_are_pageviews_a_reload_is_not(platform, chromium):
+    context = chromium.new_context(user_agent=BROWSER)
+    page = context.new_page()
+    sent = collect_requests(page)
+
+    def pageviews() -> list[str]:
+        page.wait_for_timeout(300)
+        return [urlsplit(json.loads(body)["url"]).path for body in sent if '"pageview"' in body]
+
+    page.goto(f"{platform['pages']}/back.html")
+    page.wait_for_function("window.oa && !window.oa.q")
+    page.evaluate("history.pushState({}, '', '/spa/back-two')")
+    page.evaluate("history.back()")  # popstate: back on the first page
+    assert pageviews() == ["/back.html", "/spa/back-two", "/back.html"]
+    page.reload()
+    page.wait_for_function("window.oa && !window.oa.q")
+    assert pageviews() == ["/back.html", "/spa/back-two", "/back.html"], "a reload is the same view"
+    page.goto(f"{platform['pages']}/elsewhere.html")
+    page.goto(f"{platform['pages']}/back.html")  # the same tab, back from elsewhere: a new view
+    page.wait_for_function("window.oa && !window.oa.q")
+    assert pageviews() == ["/back.html", "/spa/back-two", "/back.html", "/back.html"]
+    context.close()
 
 
 def test_do_not_track_sends_nothing(platform, chromium):

@@ -458,15 +458,20 @@ async def test_usage_counts_every_tracked_event_by_month(app, stores, worker, te
 
 
 async def test_tracker_is_small_and_cacheable(client):
-    import gzip
-
-    response = await client.get("/oa.js")
+    response = await client.get("/oa.js", headers={"Accept-Encoding": "br, gzip;q=0.8"})
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/javascript")
-    assert len(gzip.compress(response.content, 9)) < 2048
+    assert response.headers["content-encoding"] == "gzip" and response.headers["vary"] == "Accept-Encoding"
+    assert int(response.headers["content-length"]) < 2048, "what goes over the wire"
     assert "max-age" in response.headers["cache-control"]
-    etag = response.headers["etag"]
-    again = await client.get("/oa.js", headers={"If-None-Match": etag})
-    assert again.status_code == 304 and again.content == b""
+    for refused in ("identity", "br", "gzip;q=0", "gzip; q=0.0, br"):
+        plain = await client.get("/oa.js", headers={"Accept-Encoding": refused})
+        assert "content-encoding" not in plain.headers, refused
+        assert plain.content == response.content, "the same script"
+    assert plain.headers["etag"] != response.headers["etag"], "each encoding its own tag"
+    for sent in (response, plain):
+        again = await client.get("/oa.js", headers={"If-None-Match": sent.headers["etag"],
+                                                     "Accept-Encoding": sent.request.headers["accept-encoding"]})
+        assert again.status_code == 304 and again.content == b"" and "content-encoding" not in again.headers
 
 
 @pytest.fixture

@@ -28,5 +28,11 @@ def script() -> tuple[bytes, str]:
     return data, '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
 
 
+@cache
+def gzipped() -> bytes:
+    """The served bytes compressed, for clients that accept gzip (mtime 0: the same bytes every start)."""
+    return gzip.compress(script()[0], 9, mtime=0)
+
+
 def gzipped_size() -> int:
-    return len(gzip.compress(script()[0], 9))
+    return len(gzipped())

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from openanalytics.tracker import script
+from openanalytics.tracker import gzipped, script
 
 router = APIRouter(tags=["Tracker"])
 
@@ -22,7 +22,29 @@ CACHE = "public, max-age=3600, stale-while-revalidate=86400"
 )
 async def tracker(request: Request) -> Response:
     data, etag = script()
-    headers = {"ETag": etag, "Cache-Control": CACHE, "Access-Control-Allow-Origin": "*", "Vary": "Accept-Encoding"}
+    headers = {"Cache-Control": CACHE, "Access-Control-Allow-Origin": "*", "Vary": "Accept-Encoding"}
+    if accepts_gzip(request.headers.get("accept-encoding", "")):
+        data, etag = gzipped(), etag[:-1] + '-gz"'  # each encoding its own tag
+        headers["Content-Encoding"] = "gzip"
+    headers["ETag"] = etag
     if etag in request.headers.get("if-none-match", ""):
+        headers.pop("Content-Encoding", None)
         return Response(status_code=304, headers=headers)
     return Response(data, media_type="text/javascript; charset=utf-8", headers=headers)
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding header takes gzip (by name or `*`, with a q above 0)."""
+    for part in header.split(","):
+        name, _, params = part.partition(";")
+        if name.strip().lower() not in ("gzip", "*"):
+            continue
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False

@@ -29,17 +29,23 @@
     }
   }
 
-  function pageview() {
+  // again: the same page within 30 minutes is not viewed again (replaceState, an in-page #anchor,
+  // a reload); coming back to it from elsewhere, or after a pause, is.
+  function pageview(again) {
     if (off) return; // and store nothing either
-    var page = here();
-    if (get(SID) === page) return; // the same page again (replaceState, reload, an in-page #anchor)
-    set(SID, page);
+    var page = here(), last = (get(SID) || "").split("\n"), now = Date.now();
+    if (again && last[0] === page && now - last[1] < 18e5) return;
+    set(SID, page + "\n" + now);
     send({ event_type: "pageview" });
   }
+  function reloaded() {
+    var p = w.performance, e = p && p.getEntriesByType && p.getEntriesByType("navigation")[0];
+    return e ? e.type === "reload" : !!(p && p.navigation && p.navigation.type === 1);
+  }
 
-  function props(o) {
+  function props(o, money) {
     var out = {}, k;
-    for (k in o || {}) if (k !== "revenue" && k !== "currency") out[k] = o[k];
+    for (k in o || {}) if (!money || (k !== "revenue" && k !== "currency")) out[k] = o[k];
     return out;
   }
 
@@ -52,7 +58,7 @@
     },
     conversion: function (name, o) {
       o = o || {};
-      var p = { event_type: "conversion", event_name: name, properties: props(o) };
+      var p = { event_type: "conversion", event_name: name, properties: props(o, 1) };
       if (o.revenue != null) { p.revenue = o.revenue; p.currency = o.currency; }
       send(p);
     },
@@ -60,7 +66,7 @@
       off = true;
       set(UID, null, 1); set(SID, null); set(OUT, "1", 1);
     },
-    pageview: pageview
+    pageview: function () { pageview(); }
   };
 
   function oa(cmd) {
@@ -71,11 +77,11 @@
   w.oa = oa;
   ["pushState", "replaceState"].forEach(function (m) {
     var orig = history[m];
-    history[m] = function () { var r = orig.apply(this, arguments); pageview(); return r; };
+    history[m] = function () { var r = orig.apply(this, arguments); pageview(1); return r; };
   });
-  w.addEventListener("popstate", pageview);
+  w.addEventListener("popstate", function () { pageview(1); });
   // A queued optOut wins over everything; then the page is viewed; then the queued calls.
   for (i = 0; i < queued.length; i++) if (queued[i][0] === "optOut") oa("optOut");
-  pageview();
+  pageview(reloaded());
   for (i = 0; i < queued.length; i++) if (queued[i][0] !== "optOut") oa.apply(null, queued[i]);
 })(window, document, navigator);
