@@ -107,6 +107,12 @@ async def test_device_types(app, stores, worker, tenant, name, device, os):
 
 @pytest.mark.parametrize(("referrer", "kept", "source"), [
     ("https://www.google.com/", "https://www.google.com/", "Google"),
+    ("https://www.google.ch/", "https://www.google.ch/", "Google"),
+    ("https://www.google.com.mx/search", "https://www.google.com.mx/search", "Google"),
+    ("https://google.co.uk/", "https://google.co.uk/", "Google"),
+    ("https://yandex.kz/search/?text=x", "https://yandex.kz/search/?text=x", "Yandex"),
+    ("https://notgoogle.com/", "https://notgoogle.com/", "notgoogle.com"),
+    ("https://google.example.org/", "https://google.example.org/", "google.example.org"),
     ("https://l.facebook.com/l.php?u=x", "https://l.facebook.com/l.php?u=x", "Facebook"),
     ("https://news.ycombinator.com/item?id=1", "https://news.ycombinator.com/item?id=1", "Hacker News"),
     ("https://blog.example.org/post", "https://blog.example.org/post", "blog.example.org"),
@@ -172,6 +178,13 @@ async def test_bots_are_dropped(app, stores, worker, tenant, bot):
     async with client_at(app, "198.51.100.1") as http:
         verify = (await http.get(f"/v1/projects/{tenant.id}/verify", headers=tenant.headers)).json()
     assert verify["ignored_today"] == {"bot": 1}
+
+
+async def test_people_in_desktop_apps_are_not_bots(app, stores, worker, tenant):
+    electron = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                "Slack/4.41.105 Chrome/130.0.6723.191 Electron/33.3.1 Safari/537.36 AtomShell/33.3.1")
+    await send(app, tenant, ua=electron)
+    assert await rows(stores, worker, tenant, "browser") == [("Electron",)]
 
 
 async def test_per_ip_and_per_site_budgets(app, stores, worker, make_tenant):

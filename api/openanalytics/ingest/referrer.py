@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from openanalytics.ingest.urls import split_url
 
+# Engines with a domain per country (google.ch, google.co.uk, google.com.mx, yandex.kz, ...).
+_COUNTRY_DOMAINS = re.compile(r"(?:^|\.)(google|yandex)\.(?:com?\.)?[a-z]{2,3}$")
+_COUNTRY_NAMES = {"google": "Google", "yandex": "Yandex"}
 # Hosts (and their subdomains) of search engines and social sites, by the name they report as.
 KNOWN: dict[str, tuple[str, ...]] = {
-    "Google": ("google.com", "google.co.uk", "google.de", "google.fr", "google.es", "google.it", "google.ca",
-               "google.com.au", "google.co.in", "google.co.jp", "google.com.br", "google.nl", "google.pl"),
     "Bing": ("bing.com",),
     "DuckDuckGo": ("duckduckgo.com",),
     "Yahoo": ("search.yahoo.com", "yahoo.com"),
-    "Yandex": ("yandex.ru", "yandex.com"),
     "Baidu": ("baidu.com",),
     "Ecosia": ("ecosia.org",),
     "Brave Search": ("search.brave.com",),
@@ -56,6 +57,9 @@ def source_for(referrer: str | None, page_host: str) -> tuple[str, str]:
     host = _strip_www(host)
     if host == _strip_www(page_host):
         return "", ""
+    engine = _COUNTRY_DOMAINS.search(host)
+    if engine:
+        return referrer, _COUNTRY_NAMES[engine.group(1)]
     labels = host.split(".")
     for i in range(len(labels) - 1):
         name = _BY_HOST.get(".".join(labels[i:]))

@@ -10,7 +10,8 @@ from functools import lru_cache
 import crawleruseragents
 from ua_parser import parse
 
-_HEADLESS = re.compile(r"headless|phantomjs|puppeteer|playwright|selenium|webdriver|electron", re.I)
+# Not Electron: desktop apps (Slack, Teams, ...) open pages with it for real people.
+_HEADLESS = re.compile(r"headless|phantomjs|puppeteer|playwright|selenium|webdriver", re.I)
 _TABLET = re.compile(r"ipad|tablet|kindle|silk|playbook", re.I)
 
 
