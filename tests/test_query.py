@@ -297,7 +297,13 @@ async def test_sessions_list_and_totals(client, data):
     ("breakdown", {"dimension": "path", "timezone": "localtime"}, "invalid_timezone", "IANA"),
     ("stats", {"from": DAY, "to": BEFORE}, "invalid_range", "after"),
     ("timeseries", {"from": "2026-02-30"}, "validation_error", "from"),
+    ("stats", {"from": "1747008000"}, "validation_error", "YYYY-MM-DD"),  # not a Unix time
+    ("stats", {"to": f"{DAY}T00:00:00+05:00"}, "validation_error", "YYYY-MM-DD"),  # not a date-time
+    ("events", {"from": f" {DAY}"}, "validation_error", "YYYY-MM-DD"),
     ("breakdown", {"dimension": "path", "from": "2020-01-01"}, "range_beyond_retention", "730 days"),
+    ("stats", {"from": (D - timedelta(days=700)).isoformat(), "compare": "previous_period"},  # back to D-1403
+     "range_beyond_retention", "previous period"),
+    ("stats", {"from": (D - timedelta(days=360)).isoformat(), "compare": "previous_period"}, None, None),
     ("timeseries", {"interval": "hour", "from": BEFORE, "to": (D + timedelta(days=1)).isoformat(),
                     "timezone": "UTC"}, None, None),
     ("timeseries", {"interval": "hour", "from": (D - timedelta(days=40)).isoformat()}, "invalid_range", "31 days"),

@@ -16,7 +16,7 @@ from openanalytics.query.common import (
     Limit, MetricList, Offset, QueryEcho, bucket_keys, check_buckets, events_store, scope,
 )
 from openanalytics.query.filters import Filters
-from openanalytics.query.window import DateFrom, DateTo, Timezone
+from openanalytics.query.window import DateFrom, DateTo, Timezone, previous_window
 
 router = APIRouter(tags=["Stats"])
 
@@ -30,7 +30,8 @@ _EXAMPLE_METRICS = {"visitors": 611, "pageviews": 1520, "sessions": 702, "bounce
                     "session_duration": 94.3, "pages_per_session": 2.17, "events": 1874, "conversions": 14,
                     "revenue": {"EUR": "420.0000"}}
 Compare = Annotated[Literal["previous_period"] | None, Query(
-    description="Also compute the same metrics for the period of the same length just before.")]
+    description="Also compute the same metrics for the period of the same length just before "
+                "(400 `range_beyond_retention` if the retention no longer keeps all of it).")]
 
 
 class Period(BaseModel):
@@ -97,7 +98,7 @@ async def get_stats(
     wanted = catalog.metrics(metrics, STATS_DEFAULT)
     stats = Stats(**found.echo(), results=await _totals(request, found, wanted, found.window))
     if compare:
-        before = found.window.previous()
+        before = previous_window(found.window, found.project.retention_days)
         stats.comparison = Period(date_from=before.first, date_to=before.last,
                                   results=await _totals(request, found, wanted, before))
     return stats

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Annotated
 from functools import lru_cache
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import Query
+from pydantic import BeforeValidator
 
 from openanalytics.errors import BadRequest
 
-DateFrom = Annotated[date, Query(alias="from", description="First day, YYYY-MM-DD (in `timezone`).", examples=["2026-05-01"])]
-DateTo = Annotated[date, Query(alias="to", description="Last day, YYYY-MM-DD (in `timezone`), inclusive.", examples=["2026-05-12"])]
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _day(value: Any) -> Any:
+    """Only YYYY-MM-DD: no Unix times, no date-times (whose offset would be dropped silently)."""
+    if not isinstance(value, str) or not _DAY.fullmatch(value):
+        raise ValueError("must be a date as YYYY-MM-DD")
+    return value
+
+
+DateFrom = Annotated[date, BeforeValidator(_day), Query(alias="from", description="First day, YYYY-MM-DD (in `timezone`).", examples=["2026-05-01"])]
+DateTo = Annotated[date, BeforeValidator(_day), Query(alias="to", description="Last day, YYYY-MM-DD (in `timezone`), inclusive.", examples=["2026-05-12"])]
 Timezone = Annotated[str, Query(max_length=64, description="IANA timezone the dates and time buckets are read in.", examples=["Europe/Amsterdam"])]
 
 
@@ -78,3 +90,17 @@ def window(first: date, last: date, timezone: str, retention_days: int) -> Windo
             "range_beyond_retention",
         )
     return Window(first, last, tz)
+
+
+def previous_window(span: Window, retention_days: int) -> Window:
+    """The period of the same length before `span`, if the retention still keeps it: a comparison
+    with days whose events have expired would show a fall that never happened."""
+    before = span.previous()
+    oldest = datetime.now(span.zone).date() - timedelta(days=retention_days)
+    if before.first < oldest:
+        raise BadRequest(
+            f"the previous period ({before.first.isoformat()} to {before.last.isoformat()}) is beyond this "
+            f"project's retention of {retention_days} days (oldest: {oldest.isoformat()}): choose a later from "
+            "or leave out compare", "range_beyond_retention",
+        )
+    return before
