@@ -337,6 +337,57 @@ async def test_hostile_filter_values_match_nothing(client, data, value):
             assert body["results"] == {"events": everything}, (name, op)
 
 
+def hostile_requests(value: str) -> list[tuple[str, dict]]:
+    """Every query endpoint, with `value` in each parameter that carries a value into SQL."""
+    key = value.replace("=", "").replace("!", "").replace("@", "")
+    picked = [f"path=={value}", f"property:{key}!@{value}"]
+    return [
+        ("stats", {"filter": picked, "metrics": "events,bounce_rate", "compare": "previous_period"}),
+        ("timeseries", {"interval": "hour", "filter": picked}),
+        ("breakdown", {"dimension": "path", "metrics": "visitors,bounce_rate,session_duration", "filter": picked}),
+        ("pageviews", {"group_by": "entry_page", "filter": picked}),
+        ("sessions", {"filter": picked}),
+        ("events", {"event_name": value, "filter": picked}),
+        ("funnel", {"step": [f"path=={value}", f"event_name=={value}"], "filter": picked}),
+        ("conversions", {"filter": picked}),
+    ]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+async def test_values_in_every_parameter_are_bound_never_sql(client, data, stores, monkeypatch, value):
+    """The statements each endpoint runs are the same text for a hostile value as for a plain one."""
+    ran: list[str] = []
+    rows = stores.events.rows
+    monkeypatch.setattr(stores.events, "rows", lambda sql, params=None: ran.append(sql) or rows(sql, params))
+    from openanalytics.auth.keys import issue_key
+
+    goals = f"/v1/projects/{data.id}/goals"
+    with stores.db.session() as session:
+        manager = {"Authorization": f"Bearer {issue_key(session, data.id, 'goals', ['goals:manage']).secret}"}
+
+    async def statements(text: str) -> list[str]:
+        made = [(await client.post(goals, headers=manager, json=goal)).json()["id"] for goal in (
+            {"name": "a", "match": "event_name", "value": text}, {"name": "b", "match": "path", "value": "/" + text})
+            if "\x00" not in value]  # a goal cannot hold NUL (test_stored_text.py)
+        ran.clear()
+        for endpoint, params in hostile_requests(text):
+            body = await get(client, data, endpoint, **{"from": DAY, "to": DAY, **params})
+            assert not any(body.get(name) for name in ("results", "sessions") if isinstance(body.get(name), list)) \
+                or endpoint in ("timeseries", "funnel"), (endpoint, body)  # nothing matches the value
+            if endpoint == "funnel":
+                assert [s["visitors"] for s in body["steps"]] == [0, 0]
+            if endpoint == "conversions":
+                assert [g["conversions"] for g in body["goals"]] == [0] * len(made)
+        for goal in made:
+            await client.delete(f"{goals}/{goal}", headers=manager)
+        return list(ran)
+
+    plain, hostile = await statements("plain"), await statements(value)
+    assert len(plain) >= len(hostile_requests("x"))
+    assert hostile == plain
+    assert not any(value in sql for sql in hostile)
+
+
 @pytest.mark.parametrize(("metrics", "group"), [
     (["visitors", "revenue"], "path"),  # flat
     (["bounce_rate", "revenue"], None),  # per session

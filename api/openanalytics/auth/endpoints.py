@@ -13,6 +13,7 @@ from openanalytics.auth.models import ApiKey
 from openanalytics.auth.principals import announce_change
 from openanalytics.auth.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
 from openanalytics.errors import Forbidden, NotFound
+from openanalytics.text import id_pattern
 from openanalytics.openapi import error_responses
 from openanalytics.stores.sql import utcnow
 
@@ -67,7 +68,7 @@ async def list_api_keys(request: Request, access: KeysManage) -> KeyList:
 async def revoke_api_key(
     request: Request,
     access: KeysManage,
-    key_id: Annotated[str, Path(description="The key's id (not its secret).", examples=["key_5e0c2a9b1f3d4e76"])],
+    key_id: Annotated[str, Path(pattern=id_pattern("key"), description="The key's id (not its secret).", examples=["key_5e0c2a9b1f3d4e76"])],
 ) -> KeyOut:
     def revoke():
         with stores_of(request).db.session() as session:

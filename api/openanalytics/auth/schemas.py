@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from openanalytics.auth.keys import Scope
 from openanalytics.auth.models import ApiKey
+from openanalytics.text import StoredText
 
 
 KEY_EXAMPLE = {
@@ -43,7 +45,7 @@ class KeyOut(BaseModel):
 class KeyCreate(BaseModel):
     model_config = {"extra": "forbid", "json_schema_extra": {"examples": [{"name": "backend", "scopes": ["events:write"]}]}}
 
-    name: str = Field(default="default", min_length=1, max_length=200)
+    name: Annotated[str, StoredText] = Field(default="default", min_length=1, max_length=200)
     scopes: list[Scope] | None = Field(
         default=None,
         min_length=1,

@@ -18,10 +18,11 @@ from openanalytics.goals.models import Goal
 from openanalytics.ids import new_id
 from openanalytics.ingest.schemas import EventType
 from openanalytics.openapi import error_responses
+from openanalytics.text import StoredText, id_pattern
 
 router = APIRouter(tags=["Goals"])
 MAX_GOALS = 100
-GoalId = Annotated[str, Path(max_length=32, description="The goal's id.", examples=["goal_5e0c2a9b1f3d4e76"])]
+GoalId = Annotated[str, Path(pattern=id_pattern("goal"), description="The goal's id.", examples=["goal_5e0c2a9b1f3d4e76"])]
 
 
 class Match(StrEnum):
@@ -38,9 +39,9 @@ class GoalIn(BaseModel):
         {"name": "Any purchase", "match": "any_conversion"},
     ]})
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Annotated[str, StoredText] = Field(min_length=1, max_length=200)
     match: Match = Field(description="event_name, event_type, path (a pageview of it) or any_conversion.")
-    value: str = Field(default="", max_length=500, description="What to match; empty for any_conversion.")
+    value: Annotated[str, StoredText] = Field(default="", max_length=500, description="What to match; empty for any_conversion.")
 
     @model_validator(mode="after")
     def _value_fits(self) -> GoalIn:

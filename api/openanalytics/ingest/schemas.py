@@ -11,6 +11,7 @@ import pycountry
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from openanalytics.ingest.urls import is_absolute_http
+from openanalytics.text import StoredText
 
 MAX_PROPERTIES = 50
 MAX_PROPERTY_KEY = 100
@@ -76,7 +77,7 @@ class EventIn(BaseModel):
     event_name: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
         default=None, description="Required for `event` and `conversion`; case-sensitive, snake_case recommended."
     )
-    user_id: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+    user_id: Annotated[str, Field(min_length=1, max_length=256), StoredText] | None = Field(
         default=None, description="An already hashed or pseudonymous id. Never a raw email address."
     )
     url: Annotated[str, Field(max_length=2048)] | None = Field(default=None, description="Absolute http(s) URL.")

@@ -18,6 +18,7 @@ from openanalytics.errors import Conflict, NotFound
 from openanalytics.ids import new_id
 from openanalytics.openapi import error_responses
 from openanalytics.privacy.models import PrivacyRequest, user_hash
+from openanalytics.text import StoredText, id_pattern
 from openanalytics.provisioning.events_schema import database_name
 from openanalytics.stores.clickhouse import as_utc, money
 
@@ -25,9 +26,9 @@ router = APIRouter(tags=["Privacy"])
 
 EXPORT_DAYS = 90
 EXPORT_MAX_EVENTS = 10_000
-UserId = Annotated[str, Path(min_length=1, max_length=256, description="The user id your events carry.",
+UserId = Annotated[str, StoredText, Path(min_length=1, max_length=256, description="The user id your events carry.",
                              examples=["sha256_hash_of_user_id"])]
-RequestId = Annotated[str, Path(max_length=32, description="From the deletion request.", examples=["prq_5e0c2a9b1f3d4e76"])]
+RequestId = Annotated[str, Path(pattern=id_pattern("prq"), description="From the deletion request.", examples=["prq_5e0c2a9b1f3d4e76"])]
 # What an export may show of an event: no IP, no User-Agent (neither is stored), no property
 # values, no full URL (its query string may carry anything), nothing else about other people.
 EXPORT_COLUMNS = [
