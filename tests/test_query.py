@@ -282,7 +282,9 @@ async def test_sessions_list_and_totals(client, data):
     assert rows["22"]["duration"] == 30.0 and rows["22"]["source"] == "Twitter"
     picked = await get(client, data, "sessions", **{"from": BEFORE, "to": DAY, "filter": "path==/pricing", "limit": 1})
     assert [row["session_id"] for row in picked["results"]] == ["21"] and picked["next_offset"] == 1
-    assert picked["totals"]["sessions"] == 2
+    # sessions 11 and 21, whole: the totals add up what the rows list
+    assert picked["totals"] == {"sessions": 2, "visitors": 2, "pageviews": 3, "bounce_rate": 0.5,
+                                "session_duration": 90.0, "pages_per_session": 1.5}
 
 
 @pytest.mark.parametrize(("endpoint", "params", "code", "fragment"), [

@@ -17,6 +17,7 @@ from openanalytics.auth.dependencies import StatsRead
 from openanalytics.ingest.schemas import EventType
 from openanalytics.openapi import error_responses
 from openanalytics.query.aggregate import RANGE_SQL, Aggregate, zero
+from openanalytics.query.aggregate import values as metric_values  # `values` names rows below
 from openanalytics.query.catalog import SESSION_DIMENSIONS
 from openanalytics.query.common import Limit, Offset, QueryEcho, events_store, scope
 from openanalytics.query.filters import Filter, Filters, where
@@ -184,8 +185,12 @@ async def list_sessions(
     if found.table is None:
         return page
     store = events_store(request)
-    totals = await Aggregate(found.table, found.window, found.filters, SESSION_TOTALS, sessions_only=True).run(store)
-    page.totals = totals[0][1] if totals else zero(SESSION_TOTALS)
+    aggregate = Aggregate(found.table, found.window, found.filters, SESSION_TOTALS, sessions_only=True)
+    totals = await store.run(store.rows, *aggregate.sql())
+    if totals:
+        numbers = list(totals[0][1:])
+        numbers[1] = numbers[7]  # pageviews of the whole sessions, as each listed session counts them
+        page.totals = metric_values(tuple(numbers), SESSION_TOTALS)
     matching, params = _matching_sessions(found.filters, found.table)
     first = "argMinIf({0}, timestamp, event_type = 'pageview')"
     sql = (
