@@ -70,8 +70,10 @@ async def get_funnel(
     step: Annotated[list[StepText], Query(
         min_length=2, max_length=MAX_STEPS, examples=[["path==/pricing", "event_name==signup"]],
         description=f"2 to {MAX_STEPS}, in order: `path==<path>` (a pageview) or `event_name==<name>`.")],
-    window: Annotated[int, Query(ge=1, le=30 * 86400, description="Seconds from the first step to the last.",
-                                 examples=[86400])] = 86400,
+    window: Annotated[int, Query(ge=1, le=30 * 86400, examples=[86400], description=(
+        "Seconds from the first step to the last. Browser visitors are anonymous per day (their id changes "
+        "at midnight UTC, by design), so their steps link within a day's visit; server-side events with a "
+        "`user_id` link over the whole window."))] = 86400,
     timezone: Timezone = "UTC", filters: Filters = None,
 ) -> Funnel:
     steps = parse_steps(step)
