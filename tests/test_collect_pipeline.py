@@ -514,7 +514,7 @@ async def test_one_batch_spends_the_budgets_hit_by_hit(stores, tenant, committer
     now, day = _now()
     tags = ["a", "a", "a", "b", "c", "d", "e", "f"]
     batch = [_accepted(tenant.id, n, tag, 2, 5, now, day) for n, tag in enumerate(tags)]
-    batch.insert(3, commit.dropped(tenant.id, '{"n":-1', "bot", now, day))  # spends nothing
+    batch.insert(3, commit.dropped(tenant.id, "z", 100, '{"n":-1', "bot", now, day))  # its IP's budget, not the site's
     assert await committer.commit(batch) == [
         "accepted", "accepted", "rate_limited_ip", "bot", "accepted", "accepted", "accepted",
         "rate_limited_site", "rate_limited_site"]
@@ -528,7 +528,8 @@ async def test_a_batch_lists_only_the_newest_arrivals_and_counts_every_drop(stor
     from openanalytics.ingest import arrivals, commit
 
     now, day = _now()
-    batch = [commit.dropped(tenant.id, f'{{"n":{n}', "bot" if n % 3 else "invalid", now, day) for n in range(150)]
+    batch = [commit.dropped(tenant.id, f"t{n}", 10, f'{{"n":{n}', "bot" if n % 3 else "invalid", now, day)
+             for n in range(150)]
     batch.append(_accepted(tenant.id, 150, "a", 10, 10, now, day))
     assert await committer.commit(batch) == ["invalid", "bot", "bot"] * 50 + ["accepted"]
     recent, drops = await arrivals.recent(stores.redis, tenant.id, day)
@@ -537,6 +538,21 @@ async def test_a_batch_lists_only_the_newest_arrivals_and_counts_every_drop(stor
     assert recent[1] == {"n": 149, "outcome": "bot", "event_id": None}
     assert drops == {"bot": 100, "invalid": 50}
     assert await stores.redis.ttl(arrivals.drops_key(tenant.id, day)) > arrivals.TTL_SECONDS
+
+
+async def test_a_flood_from_one_address_is_counted_but_cannot_crowd_out_the_list(stores, tenant, committer):
+    """Ignored hits spend their IP's budget too; past it they are counted, not listed (the first one over
+    is, so Verify shows why)."""
+    from openanalytics.ingest import arrivals, commit
+
+    now, day = _now()
+    flood = [commit.dropped(tenant.id, "flood", 3, f'{{"n":{n}', "bot", now, day) for n in range(50)]
+    assert await committer.commit(flood) == ["bot"] * 50
+    later = [_accepted(tenant.id, 50, "flood", 3, 100, now, day), _accepted(tenant.id, 51, "person", 3, 100, now, day)]
+    assert await committer.commit(later) == ["rate_limited_ip", "accepted"]
+    recent, drops = await arrivals.recent(stores.redis, tenant.id, day)
+    assert [(a["n"], a["outcome"]) for a in recent] == [(51, "accepted"), (3, "bot"), (2, "bot"), (1, "bot"), (0, "bot")]
+    assert drops == {"bot": 50, "rate_limited_ip": 1}
 
 
 async def test_a_batch_spends_a_running_site_window_without_extending_it(stores, tenant, committer):

@@ -344,7 +344,8 @@ class Collector:
         })[:-1].decode()
         site = event.site
         if reason is not None:
-            return commit.dropped(site.project_id, arrival, reason, hit.received_ms, hit.day)
+            return commit.dropped(site.project_id, hit.budget_tag, site.per_ip_per_minute, arrival, reason,
+                                  hit.received_ms, hit.day)
         return commit.accepted(
             site.project_id, hit.budget_tag, site.per_ip_per_minute, site.per_site_per_minute, *event.visitors,
             _fresh_session(), orjson.dumps(event.row)[:-1].decode(), arrival, event.row["event_id"],

@@ -41,7 +41,7 @@ local now
 local function spend(key, limit)
   local count = redis.call('INCR', key)
   if count == 1 then redis.call('PEXPIRE', key, window) end
-  return count <= limit
+  return count <= limit, count <= limit + 1
 end
 -- A site's budget is read once per batch, counted here and written back at the end: one hit
 -- after another, exactly as INCR per hit would, for two calls per site instead of one per hit.
@@ -96,8 +96,12 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
   local row, arrival, acquired = next_text(), next_text(), next_text()
   now = tonumber(stamp)
   local outcome = reason
+  -- Every hit, ignored ones too, spends its IP's budget; past it (and the first hit over it, which
+  -- shows why) hits are only counted, not listed: a flood from one address, bots included,
+  -- cannot push everyone else's arrivals out of the Verify list.
+  local within, listable = spend('oa:rl:collect:ip:' .. pid .. ':' .. iptag, tonumber(iplimit))
   if kind == 'E' then
-    if not spend('oa:rl:collect:ip:' .. pid .. ':' .. iptag, tonumber(iplimit)) then
+    if not within then
       outcome = 'rate_limited_ip'
     elseif not spend_site('oa:rl:collect:site:' .. pid, tonumber(sitelimit)) then
       outcome = 'rate_limited_site'
@@ -127,9 +131,11 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
   end
   local id = 'null'
   if outcome == 'accepted' then id = '"' .. event_id .. '"' end
-  local arrived = listed[pid] or {}
-  listed[pid] = arrived
-  arrived[#arrived + 1] = arrival .. ',"outcome":"' .. outcome .. '","event_id":' .. id .. '}'
+  if listable then
+    local arrived = listed[pid] or {}
+    listed[pid] = arrived
+    arrived[#arrived + 1] = arrival .. ',"outcome":"' .. outcome .. '","event_id":' .. id .. '}'
+  end
   if outcome ~= 'accepted' then
     local counted = 'oa:drops:' .. pid .. ':' .. day
     drops[counted] = drops[counted] or {}
@@ -189,8 +195,9 @@ def accepted(project_id: str, ip_tag: str, per_ip: int, per_site: int, visitor: 
             str(fresh_session), event_id, "", str(stamp_ms), day, event_type, path, source]
 
 
-def dropped(project_id: str, arrival: str, reason: str, stamp_ms: int, day: str) -> list:
-    return ["", arrival, "", "D", project_id, "", 0, 0, "", "", "", "", reason, str(stamp_ms), day, "", "", ""]
+def dropped(project_id: str, ip_tag: str, per_ip: int, arrival: str, reason: str, stamp_ms: int, day: str) -> list:
+    """A hit the steps ignored for `reason`: counted and listed for Verify; it spends its IP's budget."""
+    return ["", arrival, "", "D", project_id, ip_tag, per_ip, 0, "", "", "", "", reason, str(stamp_ms), day, "", "", ""]
 
 
 class Committer:
