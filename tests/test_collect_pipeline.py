@@ -452,6 +452,21 @@ async def test_verify_lists_arrivals_with_reasons_and_storage(app, stores, worke
     assert all(a["stored"] is None for a in after["arrivals"][:-1])
 
 
+async def test_verify_shows_a_request_ignored_whole_under_the_site_it_names(app, stores, worker, tenant):
+    """Too many events in one request, or an array with a non-object in it: nothing is stored, and the
+    site named by its first event sees one "malformed" arrival (a body that is not JSON names none)."""
+    page = {"site_id": tenant.site_id, "url": "https://shop.example/big"}
+    async with client_at(app, "198.51.100.7") as http:
+        for body in ([page] * 51, ["x", {**page, "url": "https://shop.example/mixed"}], b"[{"):
+            response = await http.post("/collect", **({"content": body} if isinstance(body, bytes) else {"json": body}))
+            assert response.status_code == 204
+        verify = (await http.get(f"/v1/projects/{tenant.id}/verify", headers=tenant.headers)).json()
+    assert [(a["url"], a["outcome"], a["event_id"]) for a in verify["arrivals"]] == [
+        ("https://shop.example/mixed", "malformed", None), ("https://shop.example/big", "malformed", None)]
+    assert verify["ignored_today"] == {"malformed": 2}
+    assert await rows(stores, worker, tenant, "event_id") == []
+
+
 async def test_usage_counts_every_tracked_event_by_month(app, stores, worker, tenant):
     await send(app, tenant)
     await send(app, tenant, event_type="conversion", event_name="buy", revenue=5, currency="EUR")

@@ -89,8 +89,9 @@ class DropReason(StrEnum):
 
 
 class Dropped(Exception):
-    def __init__(self, reason: DropReason):
+    def __init__(self, reason: DropReason, sample: dict[str, Any] | None = None):
         self.reason = reason
+        self.sample = sample  # an item of a request dropped whole, naming its site for Verify
 
 
 class CollectIn(EventIn):
@@ -192,7 +193,7 @@ def parse_items(body: bytes, max_batch: int) -> list[dict[str, Any]]:
         raise Dropped(DropReason.malformed) from None
     items = data if isinstance(data, list) else [data]
     if not items or len(items) > max_batch or not all(isinstance(item, dict) for item in items):
-        raise Dropped(DropReason.malformed)
+        raise Dropped(DropReason.malformed, next((item for item in items if isinstance(item, dict)), None))
     return items
 
 
@@ -353,13 +354,14 @@ class Collector:
         )
 
     def prepare(self, items: list[dict[str, Any]], peer: str, headers: dict[str, str], received: datetime,
-                parent: str | None, sites: dict[str | None, Site | None], salts: dict[str, bytes]
-                ) -> tuple[list[list], list[str]]:
+                parent: str | None, sites: dict[str | None, Site | None], salts: dict[str, bytes],
+                ignored: DropReason | None = None) -> tuple[list[list], list[str]]:
         """Run the steps over every event of one request: the commit script's fields for the events of
-        known sites, and the outcomes of the others."""
+        known sites, and the outcomes of the others. `ignored`: the request was ignored whole for that
+        reason; its `items` are one sample, recorded for its site."""
         found = [sites[site_id_of(item)] for item in items]
         if not any(found):
-            return [], [DropReason.unknown_site.value] * len(items)  # nothing to attribute to a site
+            return [], [(ignored or DropReason.unknown_site).value] * len(items)  # nothing to attribute to a site
         hit = Hit(
             ip=client_ip(peer, headers.get("x-forwarded-for"), self.trusted_proxies),
             user_agent=headers.get("user-agent", "")[:MAX_USER_AGENT],
@@ -374,6 +376,8 @@ class Collector:
         for item, site in zip(items, found, strict=True):
             event = Event(item, site)
             try:
+                if ignored is not None:
+                    raise Dropped(ignored)
                 for step in self.steps:
                     step(hit, event)
             except Dropped as dropped:

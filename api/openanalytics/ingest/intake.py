@@ -143,21 +143,25 @@ class Intake:
             try:
                 items = parse_items(body, self.collector.settings.collect_max_batch)
             except Dropped as dropped:
-                others.append(dropped.reason.value)  # nothing attributable to a site (malformed)
+                if dropped.sample is None:
+                    others.append(dropped.reason.value)  # nothing attributable to a site (not JSON)
+                else:  # e.g. too many events: one record for the site its first event names
+                    parsed.append(([dropped.sample], peer, headers, received, parent, dropped.reason))
             else:
-                parsed.append((items, peer, headers, received, parent))
+                parsed.append((items, peer, headers, received, parent, None))
         try:
             sites = await self._sites_of(item for items, *_ in parsed for item in items)
-            salts = await self._salts_of(received for _, _, _, received, _ in parsed)
+            salts = await self._salts_of(received for _, _, _, received, _, _ in parsed)
         except Exception:
             self.log_failure("collect failed: no site or salt")
             return [], others + ["failed"] * sum(len(items) for items, *_ in parsed)
         fields = []
-        for n, (items, peer, headers, received, parent) in enumerate(parsed, 1):
+        for n, (items, peer, headers, received, parent, ignored) in enumerate(parsed, 1):
             if n % SLICE == 0:
                 await asyncio.sleep(0)  # the loop answers requests meanwhile
             try:
-                prepared, unattributed = self.collector.prepare(items, peer, headers, received, parent, sites, salts)
+                prepared, unattributed = self.collector.prepare(items, peer, headers, received, parent, sites, salts,
+                                                                ignored)
             except Exception:
                 self.log_failure()
                 others += ["failed"] * len(items)
