@@ -116,6 +116,25 @@ async def test_deletion_reaches_stored_and_queued_events_and_leaves_others(clien
     assert third.json()["request_id"] != request["request_id"]  # a new request once the last one is done
 
 
+async def test_usage_still_counts_what_was_tracked_after_a_deletion(client, stores, worker, make_tenant):
+    tenant = privacy_tenant(make_tenant)
+    await store(stores, tenant, [])  # provisioned
+    sent = [{"event_type": "event", "event_name": "click", "user_id": user} for user in ("u1", "u1", "u1", "u2")]
+    assert (await client.post(f"/v1/projects/{tenant.id}/events", json=sent, headers=tenant.headers)).status_code == 202
+    await worker.drain()
+
+    async def usage() -> int:
+        response = await client.get(f"/v1/projects/{tenant.id}/usage", params={"months": 1}, headers=tenant.headers)
+        return response.json()["months"][0]["events"]
+
+    assert await usage() == 4
+    request = (await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)).json()
+    only(stores, request["request_id"])
+    assert await worker.forget() == [request["request_id"]]
+    assert len(await stored_rows(stores, tenant.id, "event_id")) == 1
+    assert await usage() == 4, "tracked is tracked: a deletion removes the data, not the usage"
+
+
 async def test_events_queued_before_the_request_are_not_stored_later(client, stores, worker, make_tenant):
     from openanalytics.privacy.deletion import forget_key
 

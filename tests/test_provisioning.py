@@ -56,6 +56,45 @@ async def test_a_version_1_database_gets_the_read_fast_codecs_and_keeps_its_rows
     assert events.call(ttl_days, events, tenant.id) == 90
 
 
+async def test_usage_is_counted_as_stored_and_survives_deletion_after_the_upgrade(stores, tenant, monkeypatch):
+    """Events stored before the usage table existed are counted from what is stored; from the upgrade on
+    each insert is counted once (a retried insert too) and stays counted after its events are deleted."""
+    import time as clock
+    from datetime import UTC, datetime
+
+    from openanalytics.provisioning import events_schema
+    from openanalytics.query.usage import usage_sql
+    from openanalytics.worker.flush import COLUMNS, to_columns
+
+    events, db = stores.events, database_name(tenant.id)
+    events.call(events.command, f"DROP DATABASE IF EXISTS {db}")
+    monkeypatch.setattr(events_schema, "MIGRATIONS", events_schema.MIGRATIONS[:2])
+    events.call(migrate_project, events, tenant.id, 90)
+
+    def insert(n: int, event_type: str, token: str) -> None:
+        now = int(clock.time() * 1000)
+        rows = [to_columns({"event_id": f"00000000-0000-4000-8000-{token[-4:]}{i:08d}", "event_type": event_type,
+                            "timestamp": now, "received_at": now}) for i in range(n)]
+        events.call(events.insert, db, "events", rows, COLUMNS, token=token)
+
+    def usage() -> dict:
+        since = datetime.now(UTC).date().replace(day=1)
+        return {t: n for _, t, n in events.call(events.rows, usage_sql(db), {"since": since})}
+
+    insert(2, "pageview", "before0001")
+    clock.sleep(0.01)
+    monkeypatch.undo()
+    events.call(migrate_project, events, tenant.id, 90)
+    clock.sleep(0.01)
+    insert(3, "event", "after00001")
+    insert(3, "event", "after00001")  # the worker's retry of the same batch
+    assert events.call(events.rows, f"SELECT count() FROM {db}.events") == [(5,)]
+    assert usage() == {"pageview": 2, "event": 3}
+    events.call(events.command, f"ALTER TABLE {db}.events DELETE WHERE 1 SETTINGS mutations_sync = 1")
+    assert events.call(events.rows, f"SELECT count() FROM {db}.events") == [(0,)]
+    assert usage() == {"event": 3}, "counted since the upgrade: stays; stored before it: counted as stored"
+
+
 async def test_plan_change_moves_the_ttl(stores, make_tenant):
     tenant = make_tenant(plan="free")
     assert tenant.id in provision_pending(stores.db, stores.events)

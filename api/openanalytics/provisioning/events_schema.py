@@ -76,13 +76,29 @@ _READ_FAST_CODECS = {
     "currency": "LZ4",
 }
 
+# Monthly usage counted as events are stored, so a privacy deletion or the retention's expiry
+# never lowers it: a materialized view adds each insert's counts (a retried insert the events
+# table drops as a duplicate is not counted either). It counts what arrives from `usage_since`,
+# the moment the view was made; what arrived before is counted from the events still stored.
+_USAGE = [
+    "CREATE TABLE IF NOT EXISTS {db}.usage (month Date, event_type LowCardinality(String), events UInt64) "
+    "ENGINE = SummingMergeTree ORDER BY (month, event_type) SETTINGS non_replicated_deduplication_window = 10000",
+    "CREATE TABLE IF NOT EXISTS {db}.usage_since (at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY tuple()",
+    "INSERT INTO {db}.usage_since SELECT now64(3) WHERE (SELECT count() FROM {db}.usage_since) = 0",
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_counter TO {db}.usage AS "
+    "SELECT toStartOfMonth(received_at) AS month, event_type, count() AS events FROM {db}.events "
+    "WHERE received_at >= (SELECT min(at) FROM {db}.usage_since) GROUP BY month, event_type",
+]
+
 # Append only. Each statement must be idempotent; `{db}` and `{retention_days}` are
 # filled from validated values, never from user input.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [_EVENTS_TABLE]),
     (2, ["ALTER TABLE {db}.events " + ", ".join(
         f"MODIFY COLUMN `{name}` {EVENT_COLUMNS[name]} CODEC({codec})" for name, codec in _READ_FAST_CODECS.items())]),
+    (3, _USAGE),
 ]
+USAGE_VERSION = 3
 CURRENT_VERSION = MIGRATIONS[-1][0]
 
 

@@ -1,7 +1,9 @@
 """`GET /v1/projects/{id}/usage`: tracked events per calendar month (UTC, by arrival time).
 
-Counted from ClickHouse, so it is exact and matches what is stored (retried inserts are
-not counted twice); every tracked event type counts.
+Counted in ClickHouse as events are stored (the `usage` table, see events_schema.py), so it
+is exact (a retried insert is not counted twice) and stays what was tracked after a privacy
+deletion or the retention's expiry; every tracked event type counts. Events that arrived
+before that table existed are counted from the events still stored.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from openanalytics.auth.dependencies import StatsRead, load_project, stores_of
 from openanalytics.openapi import error_responses
-from openanalytics.provisioning.events_schema import database_name
+from openanalytics.provisioning.events_schema import USAGE_VERSION, database_name
 
 router = APIRouter(tags=["Usage"])
 
@@ -37,6 +39,20 @@ class Usage(BaseModel):
     monthly_quota: int = Field(description="The plan's tracked events per month (with overrides). Reported, "
                                            "not enforced: events over it are still accepted and stored.")
     months: list[MonthUsage] = Field(description="Newest first; months without events are listed with 0.")
+
+
+def usage_sql(db: str, counted: bool = True) -> str:
+    """(month, event type, events) from {since:Date} on; `counted`: the database has the usage table."""
+    stored = (f"SELECT toStartOfMonth(received_at) AS month, event_type, count() AS n FROM {db}.events "
+              "WHERE received_at >= {since:Date}")
+    if not counted:  # not migrated yet: what is stored is all there is
+        return f"SELECT formatDateTime(month, '%Y-%m'), event_type, n FROM ({stored} GROUP BY month, event_type)"
+    return (
+        "SELECT formatDateTime(month, '%Y-%m') AS m, event_type, sum(n) FROM ("
+        f"SELECT month, event_type, sum(events) AS n FROM {db}.usage WHERE month >= {{since:Date}} "
+        f"GROUP BY month, event_type UNION ALL {stored} AND received_at < (SELECT min(at) FROM {db}.usage_since) "
+        "GROUP BY month, event_type) GROUP BY m, event_type"
+    )
 
 
 def _months_back(today: date, count: int) -> list[str]:
@@ -65,10 +81,7 @@ async def get_usage(
         project = await load_project(request, project.id, fresh=True)
     if project.events_schema_version > 0:
         store = stores_of(request).events
-        sql = (
-            f"SELECT formatDateTime(received_at, '%Y-%m') AS month, event_type, count() "
-            f"FROM {database_name(project.id)}.events WHERE received_at >= {{since:Date}} GROUP BY month, event_type"
-        )
+        sql = usage_sql(database_name(project.id), project.events_schema_version >= USAGE_VERSION)
         since = date.fromisoformat(wanted[-1] + "-01")
         for month, event_type, n in await store.run(store.rows, sql, {"since": since}):
             if month in counts:
