@@ -33,7 +33,7 @@ class PageCount(BaseModel):
 
 
 class SourceCount(BaseModel):
-    source: str = Field(description="\"\" is direct traffic (no referrer, or the site itself)")
+    source: str = Field(description="The source of the visit the pageview belongs to; \"\" is direct traffic")
     pageviews: int
 
 
@@ -42,8 +42,9 @@ class Realtime(BaseModel):
     at: datetime
     visitors: int = Field(description="Distinct visitors with an event in the last 5 minutes.")
     pageviews_per_minute: list[Minute] = Field(description="The last 30 minutes, oldest first, this one included.")
-    top_pages: list[PageCount] = Field(description="Most pageviews in the last 5 minutes.")
-    top_sources: list[SourceCount] = Field(description="Most pageviews in the last 5 minutes, by source.")
+    top_pages: list[PageCount] = Field(description="Most pageviews in this minute and the 4 before it.")
+    top_sources: list[SourceCount] = Field(description="Most pageviews in this minute and the 4 before it, by the "
+                                                       "source of their visit.")
 
     model_config = {"json_schema_extra": {"examples": [{
         "project_id": "prj_3f9a1c0b7d2e4a65", "at": "2026-05-12T10:00:07Z", "visitors": 14,
@@ -58,7 +59,8 @@ def _minute(ms: int) -> datetime:
 @router.get(
     "/v1/projects/{project_id}/realtime",
     summary="Visitors and pageviews right now",
-    description="Browser traffic through /collect, from Redis. Cheap to poll: answers are cached for a second.",
+    description=("Browser traffic through /collect, from Redis. Cheap to poll: answers are cached for a second. "
+                 "Kept as counters per minute, so it takes no filters and top lists cover whole minutes."),
     response_model=Realtime,
     responses=error_responses(400, 401, 403, 404, 429),
 )
