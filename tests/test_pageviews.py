@@ -31,6 +31,19 @@ async def test_bad_query_input_is_400(client, make_tenant, params, code, fragmen
     assert fragment in body["message"]
 
 
+async def test_the_oldest_day_is_the_first_one_the_retention_keeps_whole(client, make_tenant):
+    free = make_tenant(plan="free")  # 90 days: the day 90 days ago has lost its first hours already
+    today = datetime.now(UTC).date()
+    params = {"to": today.isoformat()}
+    kept = await client.get(f"/v1/projects/{free.id}/pageviews", headers=free.headers,
+                            params={**params, "from": (today - timedelta(days=89)).isoformat()})
+    assert kept.status_code == 200, kept.text
+    gone = await client.get(f"/v1/projects/{free.id}/pageviews", headers=free.headers,
+                            params={**params, "from": (today - timedelta(days=90)).isoformat()})
+    oldest = (today - timedelta(days=89)).isoformat()
+    assert f"oldest: {oldest}" in assert_error(gone, 400, "range_beyond_retention")["message"]
+
+
 async def test_unprovisioned_project_answers_zero_filled_days(client, tenant):
     today = datetime.now(UTC).date()  # not TODAY: a run may cross midnight
     params = {"from": (today - timedelta(days=1)).isoformat(), "to": today.isoformat(), "group_by": "day"}

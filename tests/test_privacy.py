@@ -88,6 +88,7 @@ async def test_deletion_reaches_stored_and_queued_events_and_leaves_others(clien
     sent = await client.post(f"/v1/projects/{tenant.id}/events", json=queued, headers=tenant.headers)
     assert sent.status_code == 202  # on the stream, not stored yet
     await stores.redis.set(f"oa:sess:{tenant.id}:7", "1:1:7")  # session state of u1's visitor
+    await stores.redis.set(f"oa:acq:{tenant.id}:7", 'Google\n,"referrer":"https://www.google.com/?q=u1"')
     await stores.redis.zadd(f"oa:rt:{tenant.id}:visitors", {"7": ms(NOW), "8": ms(NOW)})
 
     first = await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)
@@ -108,6 +109,7 @@ async def test_deletion_reaches_stored_and_queued_events_and_leaves_others(clien
     users = sorted(user for (user,) in await stored_rows(stores, tenant.id, "user_id"))
     assert users == ["u1"] + ["u2"] * 4  # u1's event after the request stays
     assert await stores.redis.get(f"oa:sess:{tenant.id}:7") is None
+    assert await stores.redis.get(f"oa:acq:{tenant.id}:7") is None, "where the visit came from goes too"
     assert await stores.redis.zrange(f"oa:rt:{tenant.id}:visitors", 0, -1) == [b"8"]
     with stores.db.session() as session:
         row = session.get(PrivacyRequest, request["request_id"])
@@ -116,7 +118,10 @@ async def test_deletion_reaches_stored_and_queued_events_and_leaves_others(clien
     assert third.json()["request_id"] != request["request_id"]  # a new request once the last one is done
 
 
-async def test_usage_still_counts_what_was_tracked_after_a_deletion(client, stores, worker, make_tenant):
+async def test_usage_still_counts_what_was_tracked_after_a_deletion(client, stores, worker, make_tenant, monkeypatch):
+    from openanalytics.provisioning import events_schema
+
+    monkeypatch.setattr(events_schema, "USAGE_MARGIN_SECONDS", 0)  # counting starts at once, not in a minute
     tenant = privacy_tenant(make_tenant)
     await store(stores, tenant, [])  # provisioned
     sent = [{"event_type": "event", "event_name": "click", "user_id": user} for user in ("u1", "u1", "u1", "u2")]

@@ -57,8 +57,9 @@ async def test_a_version_1_database_gets_the_read_fast_codecs_and_keeps_its_rows
 
 
 async def test_usage_is_counted_as_stored_and_survives_deletion_after_the_upgrade(stores, tenant, monkeypatch):
-    """Events stored before the usage table existed are counted from what is stored; from the upgrade on
-    each insert is counted once (a retried insert too) and stays counted after its events are deleted."""
+    """Events received before the usage counter starts (a minute after the upgrade, so it exists before
+    they are stored) are counted from what is stored; from then on each insert is counted once (a
+    retried insert too) and stays counted after its events are deleted."""
     import time as clock
     from datetime import UTC, datetime
 
@@ -71,9 +72,9 @@ async def test_usage_is_counted_as_stored_and_survives_deletion_after_the_upgrad
     monkeypatch.setattr(events_schema, "MIGRATIONS", events_schema.MIGRATIONS[:2])
     events.call(migrate_project, events, tenant.id, 90)
 
-    def insert(n: int, event_type: str, token: str) -> None:
-        now = int(clock.time() * 1000)
-        rows = [to_columns({"event_id": f"00000000-0000-4000-8000-{token[-4:]}{i:08d}", "event_type": event_type,
+    def insert(n: int, event_type: str, token: str, later_s: int = 0) -> None:
+        now = int(clock.time() * 1000) + later_s * 1000
+        rows = [to_columns({"event_id": f"00000000-0000-4000-8000-{i:012d}", "event_type": event_type,
                             "timestamp": now, "received_at": now}) for i in range(n)]
         events.call(events.insert, db, "events", rows, COLUMNS, token=token)
 
@@ -82,17 +83,25 @@ async def test_usage_is_counted_as_stored_and_survives_deletion_after_the_upgrad
         return {t: n for _, t, n in events.call(events.rows, usage_sql(db), {"since": since})}
 
     insert(2, "pageview", "before0001")
-    clock.sleep(0.01)
     monkeypatch.undo()
     events.call(migrate_project, events, tenant.id, 90)
-    clock.sleep(0.01)
-    insert(3, "event", "after00001")
-    insert(3, "event", "after00001")  # the worker's retry of the same batch
-    assert events.call(events.rows, f"SELECT count() FROM {db}.events") == [(5,)]
-    assert usage() == {"pageview": 2, "event": 3}
+    insert(1, "identify", "inflight01")  # received before the counter starts, stored after the upgrade
+    later = events_schema.USAGE_MARGIN_SECONDS + 5
+    insert(3, "event", "after00001", later)
+    insert(3, "event", "after00001", later)  # the worker's retry of the same batch
+    assert events.call(events.rows, f"SELECT count() FROM {db}.events") == [(6,)]
+    assert usage() == {"pageview": 2, "identify": 1, "event": 3}, "each once"
     events.call(events.command, f"ALTER TABLE {db}.events DELETE WHERE 1 SETTINGS mutations_sync = 1")
     assert events.call(events.rows, f"SELECT count() FROM {db}.events") == [(0,)]
-    assert usage() == {"event": 3}, "counted since the upgrade: stays; stored before it: counted as stored"
+    assert usage() == {"event": 3}, "counted since the counter started: stays; before: counted as stored"
+
+    # A crash between the moment and the view: the next run sets a new moment, then makes the view.
+    events.call(events.command, f"DROP VIEW {db}.usage_counter")
+    events.call(events.command, f"DELETE FROM {db}.schema_versions WHERE version = 3")
+    events.call(migrate_project, events, tenant.id, 90)
+    (since,) = events.call(events.rows, f"SELECT at FROM {db}.usage_since")[0]
+    assert since.timestamp() > clock.time() + events_schema.USAGE_MARGIN_SECONDS - 5
+    assert events.call(events.rows, f"SELECT count() FROM {db}.usage_since") == [(1,)]
 
 
 async def test_plan_change_moves_the_ttl(stores, make_tenant):

@@ -61,16 +61,21 @@ local function each_chunk(list, size, call)
     call(unpack(list, first, math.min(first + size - 1, #list)))
   end
 end
--- A session is "sid:last seen ms:visitor:source\nacquisition": the visitor, source and acquisition
--- (JSON members for the row) it started with stay its own. (Sessions stored before the
--- acquisition was kept have none: they take their next hit's.)
+-- A session is "sid:last seen ms:visitor"; the visitor it started with stays its visitor.
 local function live(key)
   local value = redis.call('GET', key)
   if not value then return nil end
-  local sid, seen, who, rest = string.match(value, '^(%d+):(%d+):(%d+)(.*)$')
-  if not sid or now - tonumber(seen) > idle then return nil end
-  local source, acquired = string.match(rest, '^:([^\n]*)\n(.*)$')
-  return sid, who, source, acquired
+  local sid, seen, who = string.match(value, '^(%d+):(%d+):(%d+)$')
+  if sid and now - tonumber(seen) <= idle then return sid, who end
+  return nil
+end
+-- Where a session came from, "source\nJSON members for the row", in a key of its own beside the
+-- session's (so the session's value keeps its form for every version of this script); none for a
+-- direct visit.
+local function acquisition(key)
+  local kept = redis.call('GET', key)
+  if not kept then return '', '' end
+  return string.match(kept, '^([^\n]*)\n(.*)$')
 end
 -- Each hit's row, arrival and acquisition, one per line: JSON from orjson holds no raw line break.
 local texts, at = ARGV[9], 1
@@ -106,15 +111,23 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
     elseif not spend_site('oa:rl:collect:site:' .. pid, tonumber(sitelimit)) then
       outcome = 'rate_limited_site'
     else
-      local key = 'oa:sess:' .. pid .. ':' .. visitor
-      local sid, who, first_source, first_acquired = live(key)
+      local key, acquired_key = 'oa:sess:' .. pid .. ':' .. visitor, 'oa:acq:' .. pid .. ':' .. visitor
+      local sid, who = live(key)
+      local kept_key = acquired_key
       if not sid and previous ~= '' then
         -- Just after midnight: yesterday's visitor may be mid-visit. Continue it under today's key too.
-        sid, who, first_source, first_acquired = live('oa:sess:' .. pid .. ':' .. previous)
+        sid, who = live('oa:sess:' .. pid .. ':' .. previous)
+        kept_key = 'oa:acq:' .. pid .. ':' .. previous
       end
+      local continued = sid ~= nil
+      if continued then source, acquired = acquisition(kept_key) end  -- a new session keeps this hit's
       sid, visitor = sid or fresh, who or visitor
-      if first_acquired then source, acquired = first_source, first_acquired end
-      redis.call('SET', key, sid .. ':' .. stamp .. ':' .. visitor .. ':' .. source .. '\n' .. acquired, 'PX', idle * 2)
+      redis.call('SET', key, sid .. ':' .. stamp .. ':' .. visitor, 'PX', idle * 2)
+      if acquired ~= '' then
+        redis.call('SET', acquired_key, source .. '\n' .. acquired, 'PX', idle * 2)
+      elseif not continued then
+        redis.call('DEL', acquired_key)  -- a direct visit: not the last visit's source
+      end
       -- field 'e' as in buffer.FIELD, which the worker reads
       redis.call('XADD', stream, '*', 'e', row .. acquired .. ',"visitor_id":' .. visitor .. ',"session_id":' .. sid .. '}')
       outcome = 'accepted'

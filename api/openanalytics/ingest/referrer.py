@@ -7,8 +7,9 @@ from functools import lru_cache
 
 from openanalytics.ingest.urls import split_url
 
-# Engines with a domain per country (google.ch, google.co.uk, google.com.mx, yandex.kz, ...).
-_COUNTRY_DOMAINS = re.compile(r"(?:^|\.)(google|yandex)\.(?:com?\.)?[a-z]{2,3}$")
+# Engines with a domain per country (google.ch, google.co.uk, google.com.mx, yandex.kz, ...), the
+# search hosts themselves only (www. is stripped first): not sites.google.com, google.org, yandex.net.
+_COUNTRY_DOMAINS = re.compile(r"^(google|yandex)\.(?:com|(?:com?\.)?[a-z]{2})$")
 _COUNTRY_NAMES = {"google": "Google", "yandex": "Yandex"}
 # Hosts (and their subdomains) of search engines and social sites, by the name they report as.
 KNOWN: dict[str, tuple[str, ...]] = {

@@ -7,7 +7,8 @@ next worker starts the request over. Every step is idempotent:
    flusher drop the user's events received up to the request instead of storing them;
    then batches a worker read before the tombstone existed are waited out.
 2. The user's events still in the ingest stream are deleted from it.
-3. Their realtime and session state (keyed by the visitor ids their events carry) is removed.
+3. Their realtime and session state (keyed by the visitor ids their events carry: the session and
+   where it came from) is removed.
 4. Their stored events are deleted from ClickHouse (a mutation, so the parts are
    rewritten, not just masked), waited for by watching their rows.
 5. Nothing received up to the request may remain in ClickHouse or the stream; otherwise
@@ -243,7 +244,7 @@ class Deleter:
             return
         async with self.stores.redis.pipeline(transaction=False) as pipe:
             pipe.zrem(f"oa:rt:{project_id}:visitors", *[str(v) for v in visitors])
-            pipe.delete(*[f"oa:sess:{project_id}:{v}" for v in visitors])
+            pipe.delete(*[f"oa:{kind}:{project_id}:{v}" for v in visitors for kind in ("sess", "acq")])
             await pipe.execute()
 
 

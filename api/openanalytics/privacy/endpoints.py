@@ -26,8 +26,11 @@ router = APIRouter(tags=["Privacy"])
 
 EXPORT_DAYS = 90
 EXPORT_MAX_EVENTS = 10_000
-UserId = Annotated[str, StoredText, Path(min_length=1, max_length=256, description="The user id your events carry.",
-                             examples=["sha256_hash_of_user_id"])]
+_USER_ID = {"min_length": 1, "max_length": 256, "description": "The user id your events carry.",
+            "examples": ["sha256_hash_of_user_id"]}
+# An export stores nothing, so it takes any id; a deletion request is stored (no NUL in PostgreSQL).
+UserId = Annotated[str, Path(**_USER_ID)]
+StoredUserId = Annotated[str, StoredText, Path(**_USER_ID)]
 RequestId = Annotated[str, Path(pattern=id_pattern("prq"), description="From the deletion request.", examples=["prq_5e0c2a9b1f3d4e76"])]
 # What an export may show of an event: no IP, no User-Agent (neither is stored), no property
 # values, no full URL (its query string may carry anything), nothing else about other people.
@@ -154,7 +157,7 @@ async def export_user(request: Request, access: PrivacyExport, user_id: UserId) 
     response_model=RequestStatus,
     responses=error_responses(400, 401, 403, 404, 409, 429),
 )
-async def request_deletion(request: Request, access: PrivacyDelete, user_id: UserId) -> JSONResponse:
+async def request_deletion(request: Request, access: PrivacyDelete, user_id: StoredUserId) -> JSONResponse:
     project_id, hashed = access.project.id, user_hash(access.project.id, user_id)
 
     def open_request(session) -> PrivacyRequest | None:

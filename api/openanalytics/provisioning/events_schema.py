@@ -78,25 +78,38 @@ _READ_FAST_CODECS = {
 
 # Monthly usage counted as events are stored, so a privacy deletion or the retention's expiry
 # never lowers it: a materialized view adds each insert's counts (a retried insert the events
-# table drops as a duplicate is not counted either). It counts what arrives from `usage_since`,
-# the moment the view was made; what arrived before is counted from the events still stored.
-_USAGE = [
+# table drops as a duplicate is not counted either). It counts events received from
+# `usage_since` on, a moment set a minute ahead so the view exists before any such event is
+# stored; events received before it are counted from the events still stored (query/usage.py).
+USAGE_MARGIN_SECONDS = 60
+_USAGE_TABLES = [
     "CREATE TABLE IF NOT EXISTS {db}.usage (month Date, event_type LowCardinality(String), events UInt64) "
     "ENGINE = SummingMergeTree ORDER BY (month, event_type) SETTINGS non_replicated_deduplication_window = 10000",
     "CREATE TABLE IF NOT EXISTS {db}.usage_since (at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY tuple()",
-    "INSERT INTO {db}.usage_since SELECT now64(3) WHERE (SELECT count() FROM {db}.usage_since) = 0",
-    "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_counter TO {db}.usage AS "
-    "SELECT toStartOfMonth(received_at) AS month, event_type, count() AS events FROM {db}.events "
-    "WHERE received_at >= (SELECT min(at) FROM {db}.usage_since) GROUP BY month, event_type",
 ]
+_USAGE_VIEW = (
+    "CREATE MATERIALIZED VIEW {db}.usage_counter TO {db}.usage AS "
+    "SELECT toStartOfMonth(received_at) AS month, event_type, count() AS events FROM {db}.events "
+    "WHERE received_at >= (SELECT min(at) FROM {db}.usage_since) GROUP BY month, event_type"
+)
+
+
+def _start_counting_usage(store: EventStore, db: str) -> None:
+    """The moment, then the view; done again whole if a crash came between them (the view is last)."""
+    if store.rows("SELECT 1 FROM system.tables WHERE database = {db:String} AND name = 'usage_counter'", {"db": db}):
+        return
+    store.command(f"TRUNCATE TABLE {db}.usage_since")
+    store.command(f"INSERT INTO {db}.usage_since SELECT now64(3) + toIntervalSecond({USAGE_MARGIN_SECONDS})")
+    store.command(_USAGE_VIEW.format(db=db))
 
 # Append only. Each statement must be idempotent; `{db}` and `{retention_days}` are
-# filled from validated values, never from user input.
-MIGRATIONS: list[tuple[int, list[str]]] = [
+# filled from validated values, never from user input. A step that needs to look first is a
+# function of (store, database name).
+MIGRATIONS: list[tuple[int, list]] = [
     (1, [_EVENTS_TABLE]),
     (2, ["ALTER TABLE {db}.events " + ", ".join(
         f"MODIFY COLUMN `{name}` {EVENT_COLUMNS[name]} CODEC({codec})" for name, codec in _READ_FAST_CODECS.items())]),
-    (3, _USAGE),
+    (3, [*_USAGE_TABLES, _start_counting_usage]),
 ]
 USAGE_VERSION = 3
 CURRENT_VERSION = MIGRATIONS[-1][0]
@@ -126,7 +139,10 @@ def migrate_project(store: EventStore, project_id: str, retention_days: int) -> 
         if version in applied:
             continue
         for statement in statements:
-            store.command(statement.format(db=db, retention_days=retention_days))
+            if callable(statement):
+                statement(store, db)
+            else:
+                store.command(statement.format(db=db, retention_days=retention_days))
         store.command(f"INSERT INTO {db}.schema_versions (version) VALUES ({version})")
     set_retention(store, project_id, retention_days)
     return CURRENT_VERSION

@@ -83,7 +83,7 @@ def window(first: date, last: date, timezone: str, retention_days: int) -> Windo
     today = datetime.now(ZoneInfo(tz)).date()
     if last > today + timedelta(days=1):
         raise BadRequest("to must not be more than a day after today", "invalid_range")
-    oldest = today - timedelta(days=retention_days)
+    oldest = oldest_day(ZoneInfo(tz), retention_days)
     if first < oldest:
         raise BadRequest(
             f"from is beyond this project's retention of {retention_days} days (oldest: {oldest.isoformat()})",
@@ -92,11 +92,18 @@ def window(first: date, last: date, timezone: str, retention_days: int) -> Windo
     return Window(first, last, tz)
 
 
+def oldest_day(zone: ZoneInfo, retention_days: int) -> date:
+    """The first day in `zone` the retention still keeps whole: events expire once older than
+    `retention_days` days, so the day that moment falls in is already partly gone."""
+    cutoff = (datetime.now(UTC) - timedelta(days=retention_days)).astimezone(zone)
+    return cutoff.date() if cutoff.time() == time.min else cutoff.date() + timedelta(days=1)
+
+
 def previous_window(span: Window, retention_days: int) -> Window:
     """The period of the same length before `span`, if the retention still keeps it: a comparison
     with days whose events have expired would show a fall that never happened."""
     before = span.previous()
-    oldest = datetime.now(span.zone).date() - timedelta(days=retention_days)
+    oldest = oldest_day(span.zone, retention_days)
     if before.first < oldest:
         raise BadRequest(
             f"the previous period ({before.first.isoformat()} to {before.last.isoformat()}) is beyond this "

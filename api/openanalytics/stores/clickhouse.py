@@ -78,7 +78,8 @@ class EventStore:
         # The token makes a retried insert of the same batch a no-op (see events_schema.py).
         # Server-side events may span every month of a long retention: no partition cap.
         settings = {"insert_deduplication_token": token, "max_partitions_per_insert_block": 0,
-                    "deduplicate_blocks_in_dependent_materialized_views": 1}  # usage counts a retry once
+                    # a retry after the events were stored but not their usage count: counted once
+                    "deduplicate_blocks_in_dependent_materialized_views": 1}
         self.client.insert(table, rows, column_names=list(columns), database=database, settings=settings)
 
     def ping(self) -> bool:

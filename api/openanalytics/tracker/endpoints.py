@@ -34,17 +34,17 @@ async def tracker(request: Request) -> Response:
 
 
 def accepts_gzip(header: str) -> bool:
-    """Whether an Accept-Encoding header takes gzip (by name or `*`, with a q above 0)."""
+    """Whether an Accept-Encoding header takes gzip: named with a q above 0, or else by `*`."""
+    quality: dict[str, float] = {}
     for part in header.split(","):
         name, _, params = part.partition(";")
-        if name.strip().lower() not in ("gzip", "*"):
-            continue
+        q = 1.0
         for param in params.split(";"):
             key, _, value = param.strip().partition("=")
             if key.lower() == "q":
                 try:
-                    return float(value) > 0
+                    q = float(value)
                 except ValueError:
-                    return False
-        return True
-    return False
+                    q = 0.0
+        quality[name.strip().lower()] = q
+    return quality.get("gzip", quality.get("*", 0.0)) > 0
