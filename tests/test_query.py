@@ -89,6 +89,18 @@ async def test_stats_over_two_days_with_the_previous_period(client, data):
         "pages_per_session": 1.0, "events": 1, "conversions": 0, "revenue": {}}}
 
 
+@pytest.mark.parametrize(("zone", "now", "before"), [
+    ("UTC", {"visitors": 1, "events": 3}, {"visitors": 1, "events": 1}),
+    # C's 23:30 UTC visit the evening before is 00:30 or 01:30 on day D in Amsterdam (UTC+1 or +2)
+    ("Europe/Amsterdam", {"visitors": 2, "events": 4}, {"visitors": 0, "events": 0}),
+])
+async def test_the_previous_period_takes_the_filters_and_the_timezone(client, data, zone, now, before):
+    body = await get(client, data, "stats", **{"from": DAY, "to": DAY, "filter": "country==NL", "timezone": zone,
+                                               "metrics": "visitors,events", "compare": "previous_period"})
+    assert body["results"] == now
+    assert body["comparison"] == {"from": BEFORE, "to": BEFORE, "results": before}
+
+
 @pytest.mark.parametrize(("filters", "expected"), [
     (["country==NL"], {"visitors": 1, "pageviews": 2, "sessions": 1, "bounce_rate": 0.0, "events": 3,
       "revenue": {"EUR": "10.5000"}}),
