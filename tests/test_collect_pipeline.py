@@ -348,6 +348,19 @@ async def test_a_session_keeps_where_it_came_from_on_every_event(app, stores, wo
     assert len({r[1] for r in found[:4]}) == 1 and found[4][1] == found[5][1] != found[0][1]
 
 
+async def test_a_visit_keeps_its_source_as_long_as_it_goes_on(app, stores, worker, tenant):
+    """The source's key lives as long as its session: each hit gives it the session's lifetime again."""
+    start = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+    for n in range(3):
+        app.state.collector.clock = lambda n=n: start + timedelta(minutes=25 * n)
+        await send(app, tenant, referrer="https://www.bing.com/" if n == 0 else "https://shop.example/")
+        (key,) = await stores.redis.keys(f"oa:acq:{tenant.id}:*")
+        assert await stores.redis.pttl(key) > 59 * 60_000, n
+        await stores.redis.pexpire(key, 5_000)  # as if most of its lifetime had passed
+    found = await rows(stores, worker, tenant, "session_id, referrer_source")
+    assert len({r[0] for r in found}) == 1 and [r[1] for r in found] == ["Bing"] * 3
+
+
 async def test_a_direct_visit_keeps_nothing_and_stays_direct(app, stores, worker, tenant):
     """A session begun without a referrer or UTM fields (or by an older release, which kept none) goes on
     as a direct visit; the session's own value keeps the form every release reads."""

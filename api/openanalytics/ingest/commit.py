@@ -123,7 +123,9 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
       if continued then source, acquired = acquisition(kept_key) end  -- a new session keeps this hit's
       sid, visitor = sid or fresh, who or visitor
       redis.call('SET', key, sid .. ':' .. stamp .. ':' .. visitor, 'PX', idle * 2)
-      if acquired ~= '' then
+      if acquired ~= '' and continued and kept_key == acquired_key then
+        redis.call('PEXPIRE', acquired_key, idle * 2)  -- kept as long as its session
+      elseif acquired ~= '' then
         redis.call('SET', acquired_key, source .. '\n' .. acquired, 'PX', idle * 2)
       elseif not continued then
         redis.call('DEL', acquired_key)  -- a direct visit: not the last visit's source
