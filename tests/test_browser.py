@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -17,6 +18,9 @@ from tests.conftest import BROWSER
 from tests.test_processes import clean_env, cli, free_port, start, stop, wait_ready
 
 CHROMIUM = shutil.which("chromium")
+# Skipped on a developer's machine without it; in CI (which installs it) a missing browser is a failure.
+if CHROMIUM is None and os.environ.get("CI") == "true":
+    pytest.fail("CI=true but Debian's chromium is missing: the browser tests must run", pytrace=False)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
@@ -135,6 +139,23 @@ def test_back_forward_and_coming_back_are_pageviews_a_reload_is_not(platform, ch
     page.wait_for_function("window.oa && !window.oa.q")
     assert pageviews() == ["/back.html", "/spa/back-two", "/back.html", "/back.html"]
     context.close()
+
+
+def test_without_send_beacon_hits_go_by_fetch_keepalive(platform, chromium):
+    context = chromium.new_context(user_agent=BROWSER)
+    context.add_init_script("Navigator.prototype.sendBeacon = function () { return false; }")  # refused
+    page = context.new_page()
+    fetched: list[tuple[str, bool]] = []
+    page.on("request", lambda r: fetched.append((r.resource_type, '"pageview"' in (r.post_data or "")))
+            if r.url.endswith("/collect") else None)
+    page.goto(f"{platform['pages']}/optout.html?no-beacon")
+    page.wait_for_function("window.oa && !window.oa.q")
+    deadline = time.monotonic() + 10
+    while not any("no-beacon" in a["url"] and a["event_type"] == "pageview" for a in arrivals(platform, "optout.html")):
+        assert time.monotonic() < deadline, "the pageview did not arrive"
+        time.sleep(0.2)
+    context.close()
+    assert ("fetch", True) in fetched, fetched
 
 
 def test_do_not_track_sends_nothing(platform, chromium):
