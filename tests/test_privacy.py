@@ -89,6 +89,9 @@ async def test_deletion_reaches_stored_and_queued_events_and_leaves_others(clien
     assert sent.status_code == 202  # on the stream, not stored yet
     await stores.redis.set(f"oa:sess:{tenant.id}:7", "1:1:7")  # session state of u1's visitor
     await stores.redis.set(f"oa:acq:{tenant.id}:7", 'Google\n,"referrer":"https://www.google.com/?q=u1"')
+    await stores.redis.set(f"oa:sess:{tenant.id}:70", "1:1:7")  # u1's visit went on past midnight as visitor 70
+    await stores.redis.set(f"oa:acq:{tenant.id}:70", "Google\n")
+    await stores.redis.set(f"oa:sess:{tenant.id}:80", "2:1:8")  # someone else's
     await stores.redis.zadd(f"oa:rt:{tenant.id}:visitors", {"7": ms(NOW), "8": ms(NOW)})
 
     first = await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)
@@ -110,6 +113,8 @@ async def test_deletion_reaches_stored_and_queued_events_and_leaves_others(clien
     assert users == ["u1"] + ["u2"] * 4  # u1's event after the request stays
     assert await stores.redis.get(f"oa:sess:{tenant.id}:7") is None
     assert await stores.redis.get(f"oa:acq:{tenant.id}:7") is None, "where the visit came from goes too"
+    assert await stores.redis.get(f"oa:sess:{tenant.id}:70") is None and await stores.redis.get(f"oa:acq:{tenant.id}:70") is None
+    assert await stores.redis.get(f"oa:sess:{tenant.id}:80") == b"2:1:8"
     assert await stores.redis.zrange(f"oa:rt:{tenant.id}:visitors", 0, -1) == [b"8"]
     with stores.db.session() as session:
         row = session.get(PrivacyRequest, request["request_id"])

@@ -65,7 +65,7 @@ end
 local function live(key)
   local value = redis.call('GET', key)
   if not value then return nil end
-  local sid, seen, who = string.match(value, '^(%d+):(%d+):(%d+)$')
+  local sid, seen, who = string.match(value, '^(%d+):(%d+):(%d+)')  -- whatever a later form appends
   if sid and now - tonumber(seen) <= idle then return sid, who end
   return nil
 end

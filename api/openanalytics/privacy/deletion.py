@@ -7,8 +7,8 @@ next worker starts the request over. Every step is idempotent:
    flusher drop the user's events received up to the request instead of storing them;
    then batches a worker read before the tombstone existed are waited out.
 2. The user's events still in the ingest stream are deleted from it.
-3. Their realtime and session state (keyed by the visitor ids their events carry: the session and
-   where it came from) is removed.
+3. Their realtime and session state (keyed by the visitor ids their events carry, or by the next
+   day's for a visit that went on past midnight: the session and where it came from) is removed.
 4. Their stored events are deleted from ClickHouse (a mutation, so the parts are
    rewritten, not just masked), waited for by watching their rows.
 5. Nothing received up to the request may remain in ClickHouse or the stream; otherwise
@@ -242,9 +242,21 @@ class Deleter:
     async def _forget_visitors(self, project_id: str, visitors: set[int]) -> None:
         if not visitors:
             return
-        async with self.stores.redis.pipeline(transaction=False) as pipe:
+        redis = self.stores.redis
+        keyed = {str(v) for v in visitors}
+        # A visit that went on past midnight lives on under the new day's visitor key; its value
+        # ("sid:seen:visitor") names the visitor its events carry.
+        prefix = f"oa:sess:{project_id}:"
+        found = [key async for key in redis.scan_iter(match=prefix + "*", count=SCAN_CHUNK)]
+        for first in range(0, len(found), SCAN_CHUNK):
+            chunk = found[first:first + SCAN_CHUNK]
+            for key, value in zip(chunk, await redis.mget(chunk), strict=True):
+                parts = value.split(b":") if value else []
+                if len(parts) >= 3 and parts[2].decode() in keyed:
+                    keyed.add(key.decode()[len(prefix):])
+        async with redis.pipeline(transaction=False) as pipe:
             pipe.zrem(f"oa:rt:{project_id}:visitors", *[str(v) for v in visitors])
-            pipe.delete(*[f"oa:{kind}:{project_id}:{v}" for v in visitors for kind in ("sess", "acq")])
+            pipe.delete(*[f"oa:{kind}:{project_id}:{v}" for v in keyed for kind in ("sess", "acq")])
             await pipe.execute()
 
 

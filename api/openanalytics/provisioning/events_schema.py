@@ -78,9 +78,10 @@ _READ_FAST_CODECS = {
 
 # Monthly usage counted as events are stored, so a privacy deletion or the retention's expiry
 # never lowers it: a materialized view adds each insert's counts (a retried insert the events
-# table drops as a duplicate is not counted either). It counts events received from
-# `usage_since` on, a moment set a minute ahead so the view exists before any such event is
-# stored; events received before it are counted from the events still stored (query/usage.py).
+# table drops as a duplicate is not counted either). It counts events received from the
+# latest moment in `usage_since` on, set a minute ahead so the view exists before any such
+# event is stored (the clocks of the API and ClickHouse must agree within that minute);
+# events received before it are counted from the events still stored (query/usage.py).
 USAGE_MARGIN_SECONDS = 60
 _USAGE_TABLES = [
     "CREATE TABLE IF NOT EXISTS {db}.usage (month Date, event_type LowCardinality(String), events UInt64) "
@@ -88,17 +89,17 @@ _USAGE_TABLES = [
     "CREATE TABLE IF NOT EXISTS {db}.usage_since (at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY tuple()",
 ]
 _USAGE_VIEW = (
-    "CREATE MATERIALIZED VIEW {db}.usage_counter TO {db}.usage AS "
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.usage_counter TO {db}.usage AS "
     "SELECT toStartOfMonth(received_at) AS month, event_type, count() AS events FROM {db}.events "
-    "WHERE received_at >= (SELECT min(at) FROM {db}.usage_since) GROUP BY month, event_type"
+    "WHERE received_at >= (SELECT max(at) FROM {db}.usage_since) GROUP BY month, event_type"
 )
 
 
 def _start_counting_usage(store: EventStore, db: str) -> None:
-    """The moment, then the view; done again whole if a crash came between them (the view is last)."""
+    """A moment a minute ahead, then the view; both again if a crash came between them. Moments are
+    only added, never removed, and the latest counts: two workers doing this at once agree."""
     if store.rows("SELECT 1 FROM system.tables WHERE database = {db:String} AND name = 'usage_counter'", {"db": db}):
         return
-    store.command(f"TRUNCATE TABLE {db}.usage_since")
     store.command(f"INSERT INTO {db}.usage_since SELECT now64(3) + toIntervalSecond({USAGE_MARGIN_SECONDS})")
     store.command(_USAGE_VIEW.format(db=db))
 

@@ -50,7 +50,7 @@ def usage_sql(db: str, counted: bool = True) -> str:
     return (
         "SELECT formatDateTime(month, '%Y-%m') AS m, event_type, sum(n) FROM ("
         f"SELECT month, event_type, sum(events) AS n FROM {db}.usage WHERE month >= {{since:Date}} "
-        f"GROUP BY month, event_type UNION ALL {stored} AND received_at < (SELECT min(at) FROM {db}.usage_since) "
+        f"GROUP BY month, event_type UNION ALL {stored} AND received_at < (SELECT max(at) FROM {db}.usage_since) "
         "GROUP BY month, event_type) GROUP BY m, event_type"
     )
 

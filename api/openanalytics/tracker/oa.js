@@ -66,7 +66,7 @@
       off = true;
       set(UID, null, 1); set(SID, null); set(OUT, "1", 1);
     },
-    pageview: function () { pageview(1); } // a router's call beside the history hooks counts once
+    pageview: function () { pageview(); } // asked for: always sent (the history hooks count navigations)
   };
 
   function oa(cmd) {
