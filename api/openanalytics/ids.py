@@ -14,3 +14,8 @@ def random_base62(length: int) -> str:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def id_pattern(prefix: str) -> str:
+    """What ids made by `new_id(prefix)` look like (for path parameters)."""
+    return rf"^{prefix}_[0-9a-f]{{16}}$"

@@ -16,8 +16,3 @@ def _no_nul(value: str) -> str:
 
 
 StoredText = AfterValidator(_no_nul)
-
-
-def id_pattern(prefix: str) -> str:
-    """What ids made by `ids.new_id(prefix)` look like."""
-    return rf"^{prefix}_[0-9a-f]{{16}}$"

@@ -13,7 +13,7 @@ from openanalytics.auth.models import ApiKey
 from openanalytics.auth.principals import announce_change
 from openanalytics.auth.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
 from openanalytics.errors import Forbidden, NotFound
-from openanalytics.text import id_pattern
+from openanalytics.ids import id_pattern
 from openanalytics.openapi import error_responses
 from openanalytics.stores.sql import utcnow
 

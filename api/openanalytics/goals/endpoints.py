@@ -15,10 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from openanalytics.auth.dependencies import GoalsManage, StatsRead, stores_of
 from openanalytics.errors import BadRequest, Conflict, NotFound
 from openanalytics.goals.models import Goal
-from openanalytics.ids import new_id
+from openanalytics.ids import id_pattern, new_id
 from openanalytics.ingest.schemas import EventType
 from openanalytics.openapi import error_responses
-from openanalytics.text import StoredText, id_pattern
+from openanalytics.text import StoredText
 
 router = APIRouter(tags=["Goals"])
 MAX_GOALS = 100

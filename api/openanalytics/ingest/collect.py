@@ -181,8 +181,10 @@ class Event:
         self.body: CollectIn | None = None
         self.row: dict[str, Any] = {}
         self.visitors: tuple[int, int | None] = (0, None)
-        self.source = ""  # where this hit came from, and its referrer and UTM fields as
-        self.acquired = ""  # JSON members for the row: the commit script keeps its session's first
+        # Where this hit came from: the source's name, and the referrer, source and UTM fields as
+        # JSON members for the row; the commit script gives every event its session's first.
+        self.source = ""
+        self.acquired = ""
 
 
 def parse_items(body: bytes, max_batch: int) -> list[dict[str, Any]]:

@@ -15,10 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from openanalytics import telemetry
 from openanalytics.auth.dependencies import PrivacyDelete, PrivacyExport, load_project, stores_of
 from openanalytics.errors import Conflict, NotFound
-from openanalytics.ids import new_id
+from openanalytics.ids import id_pattern, new_id
 from openanalytics.openapi import error_responses
 from openanalytics.privacy.models import PrivacyRequest, user_hash
-from openanalytics.text import StoredText, id_pattern
+from openanalytics.text import StoredText
 from openanalytics.provisioning.events_schema import database_name
 from openanalytics.stores.clickhouse import as_utc, money
 

@@ -166,8 +166,11 @@ class Aggregate:
         return [(row[0], values(row[1:], self.metrics)) for row in rows]
 
 
-def values(row: tuple, metrics: list[str]) -> dict[str, Any]:
+def values(row: tuple, metrics: list[str], whole_sessions: bool = False) -> dict[str, Any]:
+    """`whole_sessions`: pageviews are all of the sessions' own, not only those matching the filters."""
     visitors, pageviews, events, conversions, sessions, bounces, duration_ms, session_pv, revenue = row
+    if whole_sessions:
+        pageviews = session_pv
     every = {
         "visitors": visitors,
         "pageviews": pageviews,

@@ -187,10 +187,8 @@ async def list_sessions(
     store = events_store(request)
     aggregate = Aggregate(found.table, found.window, found.filters, SESSION_TOTALS, sessions_only=True)
     totals = await store.run(store.rows, *aggregate.sql())
-    if totals:
-        numbers = list(totals[0][1:])
-        numbers[1] = numbers[7]  # pageviews of the whole sessions, as each listed session counts them
-        page.totals = metric_values(tuple(numbers), SESSION_TOTALS)
+    if totals:  # each listed session counts all of its pageviews: so do the totals
+        page.totals = metric_values(totals[0][1:], SESSION_TOTALS, whole_sessions=True)
     matching, params = _matching_sessions(found.filters, found.table)
     first = "argMinIf({0}, timestamp, event_type = 'pageview')"
     sql = (

@@ -43,22 +43,22 @@
     return e ? e.type === "reload" : !!(p && p.navigation && p.navigation.type === 1);
   }
 
-  function props(o, money) {
+  function withoutMoney(o) {
     var out = {}, k;
-    for (k in o || {}) if (!money || (k !== "revenue" && k !== "currency")) out[k] = o[k];
+    for (k in o) if (k !== "revenue" && k !== "currency") out[k] = o[k];
     return out;
   }
 
   var api_ = {
-    event: function (name, p) { send({ event_type: "event", event_name: name, properties: props(p) }); },
+    event: function (name, p) { send({ event_type: "event", event_name: name, properties: p || {} }); },
     identify: function (id, traits) {
       if (off) return;
       set(UID, String(id), 1);
-      send({ event_type: "identify", user_id: String(id), properties: props(traits) });
+      send({ event_type: "identify", user_id: String(id), properties: traits || {} });
     },
     conversion: function (name, o) {
       o = o || {};
-      var p = { event_type: "conversion", event_name: name, properties: props(o, 1) };
+      var p = { event_type: "conversion", event_name: name, properties: withoutMoney(o) };
       if (o.revenue != null) { p.revenue = o.revenue; p.currency = o.currency; }
       send(p);
     },
