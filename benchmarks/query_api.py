@@ -25,6 +25,7 @@ async def main() -> None:
 
         from openanalytics.app import create_app
         from openanalytics.provisioning.events_schema import database_name
+        from openanalytics.query import session_sums
         from openanalytics.query.aggregate import Aggregate
         from openanalytics.query.window import Window
 
@@ -32,9 +33,7 @@ async def main() -> None:
         print(f"; {args.runs} runs each, alternating API and SQL\n")
         table, span = f"{database_name(project.id)}.events", Window(first, last, "UTC")
         queries = {
-            "stats (all metrics)": ("stats", {}, [Aggregate(table, span, [], [
-                "visitors", "pageviews", "sessions", "bounce_rate", "session_duration", "pages_per_session",
-                "events", "conversions", "revenue"])]),
+            "stats (all metrics)": ("stats", {}, [session_sums.sql(table, span)]),
             "breakdown by path (visitors, pageviews, bounce rate)": (
                 "breakdown", {"dimension": "path", "metrics": "visitors,pageviews,bounce_rate", "limit": 10},
                 [Aggregate(table, span, [], ["visitors", "pageviews", "bounce_rate"], group="path")]),
@@ -48,9 +47,9 @@ async def main() -> None:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as client:
             for label, (endpoint, params, aggregates) in queries.items():
                 statements = []
-                for aggregate in aggregates:
-                    limit = params.get("limit")
-                    statements.append(aggregate.sql(limit + 1 if limit else None, 0))
+                limit = params.get("limit")
+                for aggregate in aggregates:  # an Aggregate, or a statement with its parameters
+                    statements.append(aggregate if isinstance(aggregate, tuple) else aggregate.sql(limit + 1 if limit else None, 0))
                 api, sql = [], []
                 url = f"/v1/projects/{project.id}/{endpoint}"
                 query = {"from": first.isoformat(), "to": last.isoformat(), **params}

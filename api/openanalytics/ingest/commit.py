@@ -61,12 +61,16 @@ local function each_chunk(list, size, call)
     call(unpack(list, first, math.min(first + size - 1, #list)))
   end
 end
--- A session is "sid:last seen ms:visitor"; the visitor it started with stays its visitor.
+-- A session is "sid:last seen ms:visitor:events so far:first was a pageview (1/0)"; the visitor it
+-- started with stays its visitor. Older values end after the visitor: their count is unknown (0).
 local function live(key)
   local value = redis.call('GET', key)
   if not value then return nil end
-  local sid, seen, who = string.match(value, '^(%d+):(%d+):(%d+)')  -- whatever a later form appends
-  if sid and now - tonumber(seen) <= idle then return sid, who end
+  local sid, seen, who, rest = string.match(value, '^(%d+):(%d+):(%d+)(.*)')  -- whatever a later form appends
+  if sid and now - tonumber(seen) <= idle then
+    local count, first_pv = string.match(rest, '^:(%d+):([01])')
+    return sid, who, tonumber(seen), tonumber(count or '0'), first_pv
+  end
   return nil
 end
 -- Where a session came from, "source\nJSON members for the row", in a key of its own beside the
@@ -112,17 +116,28 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
       outcome = 'rate_limited_site'
     else
       local key, acquired_key = 'oa:sess:' .. pid .. ':' .. visitor, 'oa:acq:' .. pid .. ':' .. visitor
-      local sid, who = live(key)
+      local sid, who, last_at, count, first_pv = live(key)
       local kept_key = acquired_key
       if not sid and previous ~= '' then
         -- Just after midnight: yesterday's visitor may be mid-visit. Continue it under today's key too.
-        sid, who = live('oa:sess:' .. pid .. ':' .. previous)
+        sid, who, last_at, count, first_pv = live('oa:sess:' .. pid .. ':' .. previous)
         kept_key = 'oa:acq:' .. pid .. ':' .. previous
       end
       local continued = sid ~= nil
       if continued then source, acquired = acquisition(kept_key) end  -- a new session keeps this hit's
       sid, visitor = sid or fresh, who or visitor
-      redis.call('SET', key, sid .. ':' .. stamp .. ':' .. visitor, 'PX', idle * 2)
+      -- Its place in the session, for sums of session numbers (query/session_sums.py): which event
+      -- (0 once unknown), the time since the one before, and +1 for a bounce while the session is
+      -- one pageview, -1 when a second event ends that.
+      local seq, gap, bounce = 1, 0, 0
+      if continued then
+        seq, gap = (count > 0) and count + 1 or 0, math.max(0, now - last_at)
+        if seq == 2 and first_pv == '1' then bounce = -1 end
+      else
+        first_pv = (event_type == 'pageview') and '1' or '0'
+        if first_pv == '1' then bounce = 1 end
+      end
+      redis.call('SET', key, sid .. ':' .. stamp .. ':' .. visitor .. ':' .. seq .. ':' .. (first_pv or '0'), 'PX', idle * 2)
       if acquired ~= '' and continued and kept_key == acquired_key then
         redis.call('PEXPIRE', acquired_key, idle * 2)  -- kept as long as its session
       elseif acquired ~= '' then
@@ -131,7 +146,8 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
         redis.call('DEL', acquired_key)  -- a direct visit: not the last visit's source
       end
       -- field 'e' as in buffer.FIELD, which the worker reads
-      redis.call('XADD', stream, '*', 'e', row .. acquired .. ',"visitor_id":' .. visitor .. ',"session_id":' .. sid .. '}')
+      redis.call('XADD', stream, '*', 'e', row .. acquired .. ',"visitor_id":' .. visitor .. ',"session_id":' .. sid ..
+        ',"session_seq":' .. seq .. ',"session_gap_ms":' .. string.format('%d', gap) .. ',"bounce":' .. bounce .. '}')
       outcome = 'accepted'
       local rt = 'oa:rt:' .. pid
       seen[rt] = seen[rt] or {}

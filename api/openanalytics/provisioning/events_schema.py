@@ -50,7 +50,22 @@ EVENT_COLUMNS: dict[str, str] = {
     "properties": "Map(String, String)",
     "revenue": "Nullable(Decimal(18, 4))",
     "currency": "LowCardinality(String)",
+    # Where the event stands in its browser session (commit.py): 1 starts it, 0 when not known
+    # (no session, or stored before these were kept); the time since the session's previous
+    # event; +1 on a first event that is a pageview, -1 on a second event after one. Summed,
+    # they give a window's session numbers without grouping events by session (query/session_sums.py).
+    "session_seq": "UInt32",
+    "session_gap_ms": "UInt32",
+    "bounce": "Int8",
 }
+
+# The sums of hourly_totals, each as a query must spell it for ClickHouse to read the projection.
+HOURLY_SUMS = (
+    "count()", "countIf(event_type = 'pageview')", "countIf(event_type = 'conversion')",
+    "countIf((session_id != 0) AND (session_seq = 1))", "sumIf(session_gap_ms, session_seq > 1)", "sum(bounce)",
+    "countIf((session_id != 0) AND (event_type = 'pageview'))", "countIf((session_id != 0) AND (session_seq = 0))",
+    "sum(revenue)",
+)
 
 _EVENTS_TABLE = (
     "CREATE TABLE IF NOT EXISTS {db}.events (\n"
@@ -103,6 +118,14 @@ def _start_counting_usage(store: EventStore, db: str) -> None:
     store.command(f"INSERT INTO {db}.usage_since SELECT now64(3) + toIntervalSecond({USAGE_MARGIN_SECONDS})")
     store.command(_USAGE_VIEW.format(db=db))
 
+# Per hour and currency, the sums a window's totals are made of (query/session_sums.py): about
+# 720 rows a month, read instead of every event. ClickHouse keeps it with each part, so a
+# privacy deletion or the retention's expiry (both rewrite parts) changes it with the events.
+_HOURLY_TOTALS = (
+    "ALTER TABLE {db}.events ADD PROJECTION IF NOT EXISTS hourly_totals (SELECT toStartOfHour(timestamp), currency, "
+    + ", ".join(HOURLY_SUMS) + " GROUP BY toStartOfHour(timestamp), currency)"
+)
+
 # Append only. Each statement must be idempotent; `{db}` and `{retention_days}` are
 # filled from validated values, never from user input. A step that needs to look first is a
 # function of (store, database name).
@@ -111,6 +134,8 @@ MIGRATIONS: list[tuple[int, list]] = [
     (2, ["ALTER TABLE {db}.events " + ", ".join(
         f"MODIFY COLUMN `{name}` {EVENT_COLUMNS[name]} CODEC({codec})" for name, codec in _READ_FAST_CODECS.items())]),
     (3, [*_USAGE_TABLES, _start_counting_usage]),
+    (4, ["ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS session_seq UInt32, "
+         "ADD COLUMN IF NOT EXISTS session_gap_ms UInt32, ADD COLUMN IF NOT EXISTS bounce Int8", _HOURLY_TOTALS]),
 ]
 USAGE_VERSION = 3
 CURRENT_VERSION = MIGRATIONS[-1][0]

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from openanalytics.auth.dependencies import StatsRead
 from openanalytics.openapi import error_responses
-from openanalytics.query import catalog
+from openanalytics.query import catalog, session_sums
 from openanalytics.query.aggregate import Aggregate, zero
 from openanalytics.query.common import (
     Limit, MetricList, Offset, QueryEcho, bucket_keys, check_buckets, events_store, scope,
@@ -79,6 +79,8 @@ class Breakdown(QueryEcho):
 async def _totals(request: Request, found, metrics: list[str], span) -> dict[str, Any]:
     if found.table is None:
         return zero(metrics)
+    if session_sums.applies(span, found.filters, metrics, found.project.events_schema_version):
+        return await session_sums.totals(events_store(request), found.table, span, metrics)
     rows = await Aggregate(found.table, span, found.filters, metrics).run(events_store(request))
     return rows[0][1] if rows else zero(metrics)
 

@@ -1,0 +1,89 @@
+"""Totals over a window from sums, without grouping its events by session.
+
+Each browser event carries its place in its session (ingest/commit.py): `session_seq` (1 for
+the first), `session_gap_ms` (the time since the session's event before) and `bounce` (+1 on a
+first event that is a pageview, -1 on a second event after one). For a session that starts in
+the window these add up to its numbers over its events in the window, as aggregate.py counts
+them: a start is a session, the gaps add up to first-to-last, and a bounce's +1 stands while no
+second event came. Sums need no grouping, and ClickHouse keeps them per hour (the events
+table's `hourly_totals` projection), so a month of totals reads some 720 rows, not every event.
+
+Only sessions already going on when the window opens need more. Their first event in the window
+is not a start, its gap reaches back before the window, and it may carry a second event's -1.
+That event comes within the idle time that ends a session after the window opens, and the event
+after it within twice that, so those are read from the events themselves and put right.
+
+Visitors are still counted from the events, as exact counts of ids cannot be summed, but only from
+those that start a session or come before that edge (and events without a session).
+
+Used for totals without filters over whole UTC hours, when every session event in the window
+has its place (events stored before schema 4 do not). Otherwise aggregate.py's per-session
+statement answers, with the same numbers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from openanalytics.ingest.visitor import SESSION_IDLE
+from openanalytics.provisioning.events_schema import HOURLY_SUMS
+from openanalytics.query.aggregate import RANGE_SQL, Aggregate, values, zero
+from openanalytics.query.catalog import SESSION_METRICS
+from openanalytics.query.window import Window
+
+SUMS_VERSION = 4  # the events schema that has the columns and the projection
+_HOURS = (
+    "toStartOfHour(timestamp) >= {start:DateTime64(3, 'UTC')} AND toStartOfHour(timestamp) < {end:DateTime64(3, 'UTC')}"
+)
+_NAMES = ("events", "pageviews", "conversions", "starts", "gaps", "bounces", "session_pv", "unknown", "amount")
+_SUMS = ", ".join(f"{sql} AS {name}" for sql, name in zip(HOURLY_SUMS, _NAMES, strict=True))
+_START, _EDGE = "{start:DateTime64(3, 'UTC')}", "{edge:DateTime64(3, 'UTC')}"
+
+
+def applies(window: Window, filters: list, metrics: list[str], schema_version: int) -> bool:
+    return (schema_version >= SUMS_VERSION and not filters and bool(SESSION_METRICS & set(metrics))
+            and _whole_hour(window.start) and _whole_hour(window.end))
+
+
+def _whole_hour(moment: datetime) -> bool:
+    return moment.minute == 0 and moment.second == 0 and moment.microsecond == 0 and moment.utcoffset() is not None \
+        and moment.utcoffset().total_seconds() % 3600 == 0
+
+
+def sql(table: str, window: Window) -> tuple[str, dict[str, Any]]:
+    """One row: the columns of aggregate.values, then how many session events in the window have no place."""
+    params = window.params()
+    params["edge"] = min(window.end, window.start + 2 * SESSION_IDLE)
+    statement = (
+        "SELECT v.visitors, s.pageviews, s.events, s.conversions, s.starts + e.ongoing AS sessions, "
+        "toInt64(s.bounces) + e.bounce_fix AS bounces, s.gaps - e.ongoing_gap AS duration_total, s.session_pv, "
+        "s.revenue, s.unknown FROM "
+        "(SELECT sum(events) AS events, sum(pageviews) AS pageviews, sum(conversions) AS conversions, "
+        "sum(starts) AS starts, sum(gaps) AS gaps, sum(bounces) AS bounces, sum(session_pv) AS session_pv, "
+        "sum(unknown) AS unknown, sumMapIf([toString(currency)], [assumeNotNull(amount)], amount IS NOT NULL) AS revenue "
+        f"FROM (SELECT currency, {_SUMS} FROM {table} WHERE {_HOURS} GROUP BY currency)) AS s "
+        # A visitor's sessions in the window each have a start in it or are going on, with a first event
+        # before the edge: counting the visitors of those events and of sessionless ones reads a fifth.
+        f"CROSS JOIN (SELECT uniqExact(visitor_id) AS visitors FROM {table} PREWHERE visitor_id != 0 AND "
+        f"(session_id = 0 OR session_seq = 1 OR timestamp < {_EDGE}) WHERE {RANGE_SQL}) AS v "
+        # Sessions going on when the window opens: each one's first event in the window.
+        "CROSS JOIN (SELECT countIf(going) AS ongoing, sumIf(first_gap, going) AS ongoing_gap, "
+        "sumIf(toInt64(first_pv AND n = 1) - first_bounce, going) AS bounce_fix FROM "
+        "(SELECT min(session_seq) AS first_seq, argMin(timestamp, session_seq) AS first_at, "
+        "argMin(session_gap_ms, session_seq) AS first_gap, argMin(event_type = 'pageview', session_seq) AS first_pv, "
+        "argMin(bounce, session_seq) AS first_bounce, count() AS n, "
+        f"first_seq > 1 AND first_at - toIntervalMillisecond(first_gap) < {_START} AS going FROM {table} "
+        f"WHERE timestamp >= {_START} AND timestamp < {_EDGE} AND session_id != 0 "
+        "GROUP BY session_id)) AS e"
+    )
+    return statement, params
+
+
+async def totals(store, table: str, window: Window, metrics: list[str]) -> dict[str, Any]:
+    """The window's totals, from sums where every session event has its place, else per session."""
+    rows = await store.run(store.rows, *sql(table, window))
+    if rows and rows[0][-1] == 0:
+        return values(rows[0][:-1], metrics)
+    found = await Aggregate(table, window, [], metrics).run(store)
+    return found[0][1] if found else zero(metrics)
