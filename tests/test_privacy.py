@@ -123,6 +123,34 @@ async def test_deletion_reaches_stored_and_queued_events_and_leaves_others(clien
     assert third.json()["request_id"] != request["request_id"]  # a new request once the last one is done
 
 
+async def test_deletion_takes_the_whole_browser_sessions_the_user_is_in(client, stores, worker, make_tenant):
+    """A visit that identified u1 halfway goes whole: its anonymous start, stored or still queued, and
+    what came after the request. Someone else's session, and u1's server events after it, stay."""
+    import orjson
+
+    from openanalytics.ingest.buffer import FIELD
+
+    tenant = privacy_tenant(make_tenant)
+    visit = {"origin": "collect", "visitor_id": 7, "session_id": 500, "event_type": "pageview"}
+    other = {"origin": "collect", "visitor_id": 8, "session_id": 600, "event_type": "pageview"}
+    await store(stores, tenant, [
+        event("", NOW - timedelta(hours=3), **visit), event("u1", NOW - timedelta(hours=2), **visit),
+        event("", NOW + timedelta(minutes=1), **visit),  # the visit went on after the request
+        event("", NOW - timedelta(hours=3), **other), event("u2", NOW - timedelta(hours=2), **other),
+        event("u1", NOW + timedelta(hours=1)),  # server-side, after the request: theirs to keep
+    ])
+    for row in (event("", NOW - timedelta(minutes=5), **visit), event("", NOW - timedelta(minutes=5), **other)):
+        await stores.redis.xadd(stores.settings.stream_key, {FIELD: orjson.dumps({"project_id": tenant.id, **row})})
+    request = (await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)).json()
+    only(stores, request["request_id"])
+    assert await worker.forget() == [request["request_id"]]
+    status = (await client.get(request["poll_url"], headers=tenant.headers)).json()
+    assert status["status"] == "completed" and status["events_deleted"] == 3 and status["queued_events_deleted"] == 1
+    await worker.drain()
+    left = sorted(await stored_rows(stores, tenant.id, "session_id, user_id"))
+    assert left == [(0, "u1"), (600, ""), (600, ""), (600, "u2")]
+
+
 async def test_usage_still_counts_what_was_tracked_after_a_deletion(client, stores, worker, make_tenant, monkeypatch):
     from openanalytics.provisioning import events_schema
 

@@ -6,10 +6,12 @@ next worker starts the request over. Every step is idempotent:
 1. A tombstone (Redis hash `oa:forget:<project>`: user id -> request time) makes the
    flusher drop the user's events received up to the request instead of storing them;
    then batches a worker read before the tombstone existed are waited out.
-2. The user's events still in the ingest stream are deleted from it.
-3. Their realtime and session state (keyed by the visitor ids their events carry, or by the next
-   day's for a visit that went on past midnight: the session and where it came from) is removed.
-4. Their stored events are deleted from ClickHouse (a mutation, so the parts are
+2. Their realtime and session state (keyed by the visitor ids their events carry, or by the next
+   day's for a visit that went on past midnight: the session and where it came from) is removed,
+   so their visits end.
+3. Their events still in the ingest stream are deleted from it, with every event of the browser
+   sessions theirs are in.
+4. The same of their stored events are deleted from ClickHouse (a mutation, so the parts are
    rewritten, not just masked), waited for by watching their rows.
 5. Nothing received up to the request may remain in ClickHouse or the stream; otherwise
    the attempt fails and the request is tried again.
@@ -152,7 +154,9 @@ class Deleter:
         """(stored events deleted, queued events deleted). Raises if anything remains.
 
         Only events received up to the request count: a user who goes on using the product
-        afterwards is not a failed deletion.
+        afterwards is not a failed deletion. But every event of a browser session one of theirs
+        is in goes, whenever received and whether or not it names them: the visit is theirs (and
+        what is left of a session would make its numbers wrong, see query/session_sums.py).
         """
         redis, project_id, user_id = self.stores.redis, claimed.project_id, claimed.user_id
         if not user_id:
@@ -160,24 +164,32 @@ class Deleter:
         await redis.hset(forget_key(project_id), user_id, claimed.requested_ms)
         await redis.expire(forget_key(project_id), TOMBSTONE_SECONDS)
         await self._in_flight_settled(claimed.requested_ms)
-        queued_ids, visitors = await self._in_stream(project_id, user_id, claimed.requested_ms)
+        _, visitors, sessions = await self._in_stream(project_id, user_id, claimed.requested_ms)
+        table = await asyncio.to_thread(self._table, project_id)
+        store = self.stores.events
+        params = {"user": user_id, "until": datetime.fromtimestamp(claimed.requested_ms / 1000, UTC)}
+        theirs = "user_id = {user:String} AND received_at <= {until:DateTime64(3, 'UTC')}"
+        if table is not None:
+            rows = await store.run(store.rows, f"SELECT DISTINCT visitor_id, session_id FROM {table} WHERE {theirs}", params)
+            visitors |= {visitor for visitor, _ in rows}
+            sessions |= {session for _, session in rows}
+        sessions.discard(0)
+        # First their sessions end, so no later event joins one of them.
+        await self._forget_visitors(project_id, visitors - {0})
+        queued_ids, _, _ = await self._in_stream(project_id, user_id, claimed.requested_ms, sessions)
         if queued_ids:
             await redis.xdel(self.stores.settings.stream_key, *queued_ids)
-        table = await asyncio.to_thread(self._table, project_id)
         stored = 0
         if table is not None:
-            store = self.stores.events
-            params = {"user": user_id, "until": datetime.fromtimestamp(claimed.requested_ms / 1000, UTC)}
-            mine = f"{table} WHERE user_id = {{user:String}} AND received_at <= {{until:DateTime64(3, 'UTC')}}"
-            rows = await store.run(store.rows, f"SELECT DISTINCT visitor_id FROM {mine}", params)
-            visitors |= {visitor for (visitor,) in rows}
-            ((stored,),) = await store.run(store.rows, f"SELECT count() FROM {mine}", params)
+            if sessions:
+                params["sessions"] = sorted(sessions)
+                theirs = f"({theirs}) OR session_id IN {{sessions:Array(UInt64)}}"
+            count = f"SELECT count() FROM {table} WHERE {theirs}"
+            ((stored,),) = await store.run(store.rows, count, params)
             if stored:
-                await store.run(store.command, f"ALTER TABLE {table} DELETE WHERE user_id = {{user:String}} "
-                                               "AND received_at <= {until:DateTime64(3, 'UTC')}", params)
-                await self._gone(claimed, f"SELECT count() FROM {mine}", params)
-        await self._forget_visitors(project_id, visitors - {0})
-        again, _ = await self._in_stream(project_id, user_id, claimed.requested_ms)
+                await store.run(store.command, f"ALTER TABLE {table} DELETE WHERE {theirs}", params)
+                await self._gone(claimed, count, params)
+        again, _, _ = await self._in_stream(project_id, user_id, claimed.requested_ms, sessions)
         if again:
             raise RuntimeError(f"{len(again)} events of the user are still queued")
         return stored, len(queued_ids)
@@ -220,10 +232,12 @@ class Deleter:
             provisioned = project is not None and project.events_schema_version > 0
         return f"{database_name(project_id)}.events" if provisioned else None
 
-    async def _in_stream(self, project_id: str, user_id: str, until_ms: int) -> tuple[list[bytes], set[int]]:
-        """The stream entries of the user in the project received up to `until_ms`, and their visitor ids."""
+    async def _in_stream(self, project_id: str, user_id: str, until_ms: int, sessions: frozenset[int] | set[int] = frozenset(),
+                         ) -> tuple[list[bytes], set[int], set[int]]:
+        """The stream entries in the project of the user received up to `until_ms`, or of `sessions`;
+        and the visitor and session ids of the user's."""
         redis, stream = self.stores.redis, self.stores.settings.stream_key
-        found, visitors, start = [], set(), "-"
+        found, visitors, theirs, start = [], set(), set(), "-"
         while True:
             entries = await redis.xrange(stream, min=start, max="+", count=SCAN_CHUNK)
             for entry_id, fields in entries:
@@ -231,12 +245,16 @@ class Deleter:
                     row = orjson.loads(fields[FIELD])
                 except Exception:
                     continue  # the flusher dead-letters what it cannot read
-                if (row.get("project_id") == project_id and row.get("user_id") == user_id
-                        and row.get("received_at", 0) <= until_ms):
+                if row.get("project_id") != project_id:
+                    continue
+                if row.get("user_id") == user_id and row.get("received_at", 0) <= until_ms:
                     found.append(entry_id)
                     visitors.add(int(row.get("visitor_id") or 0))
+                    theirs.add(int(row.get("session_id") or 0))
+                elif int(row.get("session_id") or 0) in sessions:
+                    found.append(entry_id)
             if len(entries) < SCAN_CHUNK:
-                return found, visitors
+                return found, visitors, theirs
             start = "(" + entries[-1][0].decode()
 
     async def _forget_visitors(self, project_id: str, visitors: set[int]) -> None:
@@ -245,7 +263,7 @@ class Deleter:
         redis = self.stores.redis
         keyed = {str(v) for v in visitors}
         # A visit that went on past midnight lives on under the new day's visitor key; its value
-        # ("sid:seen:visitor") names the visitor its events carry.
+        # ("sid:seen:visitor:...") names the visitor its events carry.
         prefix = f"oa:sess:{project_id}:"
         found = [key async for key in redis.scan_iter(match=prefix + "*", count=SCAN_CHUNK)]
         for first in range(0, len(found), SCAN_CHUNK):
