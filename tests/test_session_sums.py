@@ -59,6 +59,20 @@ async def visits(app, client, stores, worker, tenant):
     return tenant
 
 
+@pytest.fixture
+def grouped(monkeypatch) -> list:
+    """The windows /stats grouped by session for, instead of summing."""
+    calls = []
+
+    class Spy(Aggregate):
+        async def run(self, store, limit=None, offset=0):
+            calls.append(self.window)
+            return await super().run(store, limit, offset)
+
+    monkeypatch.setattr(session_sums, "Aggregate", Spy)
+    return calls
+
+
 async def stats(client, tenant, first, last, zone="UTC") -> dict:
     response = await client.get(f"/v1/projects/{tenant.id}/stats", headers=tenant.headers,
                                 params={"from": first.isoformat(), "to": last.isoformat(), "timezone": zone})
@@ -78,19 +92,20 @@ async def test_the_pipeline_records_each_events_place_in_its_session(visits, sto
     assert places[moment(11, 5)] == (2, 5 * 60_000, -1)
 
 
-async def test_totals_of_a_day_visits_were_going_on_into(client, visits):
+async def test_totals_of_a_day_visits_were_going_on_into(client, visits, grouped):
     assert await stats(client, visits, D, D) == {
         "visitors": 7, "pageviews": 6, "sessions": 6, "bounce_rate": 0.5, "session_duration": 150.0,
         "pages_per_session": 1.0, "events": 9, "conversions": 2, "revenue": {"EUR": "9.9900", "USD": "5.0000"}}
 
 
-async def test_totals_of_the_day_before_and_of_both(client, visits):
+async def test_totals_of_the_day_before_and_of_both(client, visits, grouped):
     assert await stats(client, visits, BEFORE, BEFORE) == {
         "visitors": 3, "pageviews": 4, "sessions": 3, "bounce_rate": 0.6667, "session_duration": 200.0,
         "pages_per_session": 1.33, "events": 4, "conversions": 0, "revenue": {}}
     assert await stats(client, visits, BEFORE, D) == {
         "visitors": 7, "pageviews": 10, "sessions": 6, "bounce_rate": 0.1667, "session_duration": 790.0,
         "pages_per_session": 1.67, "events": 13, "conversions": 2, "revenue": {"EUR": "9.9900", "USD": "5.0000"}}
+    assert grouped == [], "summed, not grouped by session"
 
 
 @pytest.mark.parametrize("zone", ["UTC", "Europe/Amsterdam", "America/New_York"])
@@ -112,7 +127,7 @@ async def test_the_sums_are_read_from_the_hourly_projection(visits, stores):
     assert "hourly_totals" in plan, plan
 
 
-async def test_events_stored_without_their_place_are_grouped_by_session_instead(client, stores, tenant):
+async def test_events_stored_without_their_place_are_grouped_by_session_instead(client, stores, tenant, grouped):
     """As events stored before schema 4: B's two events without places, on D."""
     ms = int(moment(10, 0).timestamp() * 1000)
     rows = [{"event_id": f"00000000-0000-4000-8000-00000000000{n}", "event_type": "pageview", "timestamp": ms + n * 60_000,
@@ -125,6 +140,7 @@ async def test_events_stored_without_their_place_are_grouped_by_session_instead(
     assert await stats(client, tenant, D, D) == {
         "visitors": 1, "pageviews": 2, "sessions": 1, "bounce_rate": 0.0, "session_duration": 60.0,
         "pages_per_session": 2.0, "events": 2, "conversions": 0, "revenue": {}}
+    assert grouped == [window]
 
 
 def test_sums_answer_only_unfiltered_totals_over_whole_hours_with_session_metrics():
@@ -149,3 +165,15 @@ async def test_a_session_value_of_an_older_version_leaves_the_place_unknown(app,
     await worker.drain()
     rows = sorted(await stored_rows(stores, tenant.id, "timestamp, session_seq, session_gap_ms, bounce"))
     assert [row[1:] for row in rows] == [(1, 0, 1), (0, 60_000, 0), (0, 60_000, 0)]
+
+
+async def test_hits_of_a_visit_committed_out_of_order_keep_its_order(app, stores, worker, tenant):
+    """Pods stamp hits with their own clocks and commit them apart: a hit stamped before its session's
+    last event is stored at that event's time, so the session's events stay in order."""
+    for at in (moment(10, 1), moment(10, 0), moment(10, 2)):
+        app.state.collector.clock = lambda at=at: at
+        await send(app, tenant)
+    await worker.drain()
+    rows = sorted(await stored_rows(stores, tenant.id, "session_seq, timestamp, session_gap_ms, bounce"))
+    assert [(seq, at.replace(tzinfo=UTC), gap, bounce) for seq, at, gap, bounce in rows] == [
+        (1, moment(10, 1), 0, 1), (2, moment(10, 1), 0, -1), (3, moment(10, 2), 60_000, 0)]

@@ -282,7 +282,7 @@ class Collector:
         except ValidationError:
             raise Dropped(DropReason.invalid) from None
         event.row = row = event_row(event.site.project_id, body, hit.received_ms, "collect")
-        row["timestamp"] = hit.received_ms  # not the browser's clock
+        del row["timestamp"]  # not the browser's clock: the commit script sets its arrival
         if body.screen_width is not None:
             row["screen_width"] = body.screen_width
         if body.language is not None:

@@ -129,15 +129,19 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
       -- Its place in the session, for sums of session numbers (query/session_sums.py): which event
       -- (0 once unknown), the time since the one before, and +1 for a bounce while the session is
       -- one pageview, -1 when a second event ends that.
-      local seq, gap, bounce = 1, 0, 0
+      -- The event's time is its arrival, but never before the session's last event: hits of one visit
+      -- that pods with their own clocks commit out of order keep the session's order (off by as much).
+      local at, seq, gap, bounce = now, 1, 0, 0
       if continued then
-        seq, gap = (count > 0) and count + 1 or 0, math.max(0, now - last_at)
+        at = math.max(now, last_at)
+        seq, gap = (count > 0) and count + 1 or 0, at - last_at
         if seq == 2 and first_pv == '1' then bounce = -1 end
       else
         first_pv = (event_type == 'pageview') and '1' or '0'
         if first_pv == '1' then bounce = 1 end
       end
-      redis.call('SET', key, sid .. ':' .. stamp .. ':' .. visitor .. ':' .. seq .. ':' .. (first_pv or '0'), 'PX', idle * 2)
+      at = string.format('%d', at)
+      redis.call('SET', key, sid .. ':' .. at .. ':' .. visitor .. ':' .. seq .. ':' .. (first_pv or '0'), 'PX', idle * 2)
       if acquired ~= '' and continued and kept_key == acquired_key then
         redis.call('PEXPIRE', acquired_key, idle * 2)  -- kept as long as its session
       elseif acquired ~= '' then
@@ -147,7 +151,8 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
       end
       -- field 'e' as in buffer.FIELD, which the worker reads
       redis.call('XADD', stream, '*', 'e', row .. acquired .. ',"visitor_id":' .. visitor .. ',"session_id":' .. sid ..
-        ',"session_seq":' .. seq .. ',"session_gap_ms":' .. string.format('%d', gap) .. ',"bounce":' .. bounce .. '}')
+        ',"session_seq":' .. seq .. ',"session_gap_ms":' .. string.format('%d', gap) .. ',"bounce":' .. bounce ..
+        ',"timestamp":' .. at .. '}')
       outcome = 'accepted'
       local rt = 'oa:rt:' .. pid
       seen[rt] = seen[rt] or {}
@@ -220,7 +225,7 @@ def accepted(project_id: str, ip_tag: str, per_ip: int, per_site: int, visitor: 
              event_type: str, path: str, source: str, acquired: str = "") -> list:
     """An event that passed the steps, as the script takes it (`row` and `arrival` are JSON objects
     without their closing brace and without raw line breaks, as orjson writes them: the script appends
-    fields; the last three feed realtime). `source` and `acquired` (JSON members with a leading comma,
+    fields, the event's time among them; the last three feed realtime). `source` and `acquired` (JSON members with a leading comma,
     or "") are where this hit came from, which its session keeps if this hit starts it."""
     return [row, arrival, acquired, "E", project_id, ip_tag, per_ip, per_site, str(visitor), str(previous or ""),
             str(fresh_session), event_id, "", str(stamp_ms), day, event_type, path, source]
