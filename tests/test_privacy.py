@@ -123,32 +123,74 @@ async def test_deletion_reaches_stored_and_queued_events_and_leaves_others(clien
     assert third.json()["request_id"] != request["request_id"]  # a new request once the last one is done
 
 
-async def test_deletion_takes_the_whole_browser_sessions_the_user_is_in(client, stores, worker, make_tenant):
+@pytest.mark.parametrize("per_statement", [1000, 1])
+async def test_deletion_takes_the_whole_browser_sessions_the_user_is_in(client, stores, worker, make_tenant, monkeypatch,
+                                                                        per_statement):
     """A visit that identified u1 halfway goes whole: its anonymous start, stored or still queued, and
-    what came after the request. Someone else's session, and u1's server events after it, stay."""
+    what came after the request; also a visit whose only event naming u1 was still queued (which
+    the flusher may drop once the request began). Someone else's session, and u1's server events
+    after the request, stay. (per_statement: session ids per ClickHouse statement.)"""
     import orjson
 
     from openanalytics.ingest.buffer import FIELD
+    from openanalytics.privacy import deletion
 
+    monkeypatch.setattr(deletion, "SESSIONS_PER_STATEMENT", per_statement)
+    now = datetime.now(UTC)
     tenant = privacy_tenant(make_tenant)
     visit = {"origin": "collect", "visitor_id": 7, "session_id": 500, "event_type": "pageview"}
+    queued_visit = {**visit, "session_id": 501}
     other = {"origin": "collect", "visitor_id": 8, "session_id": 600, "event_type": "pageview"}
     await store(stores, tenant, [
-        event("", NOW - timedelta(hours=3), **visit), event("u1", NOW - timedelta(hours=2), **visit),
-        event("", NOW + timedelta(minutes=1), **visit),  # the visit went on after the request
-        event("", NOW - timedelta(hours=3), **other), event("u2", NOW - timedelta(hours=2), **other),
-        event("u1", NOW + timedelta(hours=1)),  # server-side, after the request: theirs to keep
+        event("", now - timedelta(hours=3), **visit), event("u1", now - timedelta(hours=2), **visit),
+        event("", now + timedelta(minutes=1), **visit),  # the visit went on after the request
+        event("", now - timedelta(hours=1), **queued_visit),
+        event("", now - timedelta(hours=3), **other), event("u2", now - timedelta(hours=2), **other),
+        event("u1", now + timedelta(hours=1)),  # server-side, after the request: theirs to keep
     ])
-    for row in (event("", NOW - timedelta(minutes=5), **visit), event("", NOW - timedelta(minutes=5), **other)):
+    queued = [event("", now - timedelta(minutes=5), **visit), event("u1", now - timedelta(minutes=5), **queued_visit),
+              event("", now - timedelta(minutes=5), **other)]
+    for row in queued:
         await stores.redis.xadd(stores.settings.stream_key, {FIELD: orjson.dumps({"project_id": tenant.id, **row})})
     request = (await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)).json()
     only(stores, request["request_id"])
     assert await worker.forget() == [request["request_id"]]
     status = (await client.get(request["poll_url"], headers=tenant.headers)).json()
-    assert status["status"] == "completed" and status["events_deleted"] == 3 and status["queued_events_deleted"] == 1
+    assert status["status"] == "completed" and status["events_deleted"] == 4 and status["queued_events_deleted"] == 2
     await worker.drain()
     left = sorted(await stored_rows(stores, tenant.id, "session_id, user_id"))
     assert left == [(0, "u1"), (600, ""), (600, ""), (600, "u2")]
+
+
+async def test_a_session_is_found_though_the_flusher_dropped_the_event_naming_the_user(client, stores, worker,
+                                                                                     make_tenant):
+    """As after an attempt that set the tombstone and died: the flusher drops u1's queued event and
+    notes its session, so the next attempt still takes the anonymous rest of that visit."""
+    import orjson
+
+    from openanalytics.ingest.buffer import FIELD
+    from openanalytics.privacy.deletion import forget_key
+
+    now = datetime.now(UTC)
+    tenant = privacy_tenant(make_tenant)
+    visit = {"origin": "collect", "visitor_id": 7, "session_id": 501, "event_type": "pageview"}
+    await store(stores, tenant, [event("", now - timedelta(hours=2), **visit),
+                                 event("", now - timedelta(hours=2), origin="collect", visitor_id=8, session_id=600)])
+    request = (await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)).json()
+    only(stores, request["request_id"])
+    await stores.redis.hset(forget_key(tenant.id), "u1", ms(now) + 60_000)
+    for row in (event("u1", now - timedelta(minutes=5), **visit), event("", now - timedelta(minutes=4), **visit)):
+        await stores.redis.xadd(stores.settings.stream_key, {FIELD: orjson.dumps({"project_id": tenant.id, **row})})
+    await worker.drain()
+    assert sorted(await stored_rows(stores, tenant.id, "session_id, user_id")) == [(501, ""), (501, ""), (600, "")]
+    assert await worker.forget() == [request["request_id"]]
+    status = (await client.get(request["poll_url"], headers=tenant.headers)).json()
+    assert status["status"] == "completed" and status["events_deleted"] == 2
+    assert await stored_rows(stores, tenant.id, "session_id") == [(600,)]
+    await stores.redis.xadd(stores.settings.stream_key, {FIELD: orjson.dumps(
+        {"project_id": tenant.id, **event("", now + timedelta(minutes=1), **visit)})})
+    await worker.drain()
+    assert await stored_rows(stores, tenant.id, "session_id") == [(600,)], "a late event of the visit is dropped"
 
 
 async def test_usage_still_counts_what_was_tracked_after_a_deletion(client, stores, worker, make_tenant, monkeypatch):

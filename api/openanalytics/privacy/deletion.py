@@ -5,12 +5,15 @@ next worker starts the request over. Every step is idempotent:
 
 1. A tombstone (Redis hash `oa:forget:<project>`: user id -> request time) makes the
    flusher drop the user's events received up to the request instead of storing them;
-   then batches a worker read before the tombstone existed are waited out.
+   then batches a worker read before the tombstone existed are waited out. The sessions of
+   their events are noted first from the stream, and the flusher notes the sessions of those
+   it drops (`oa:forget:<project>:sessions`: session id -> user id); from step 2 on, that
+   hash also makes it drop every event of their sessions.
 2. Their realtime and session state (keyed by the visitor ids their events carry, or by the next
    day's for a visit that went on past midnight: the session and where it came from) is removed,
    so their visits end.
 3. Their events still in the ingest stream are deleted from it, with every event of the browser
-   sessions theirs are in.
+   sessions theirs are in; batches a worker read before that are waited out.
 4. The same of their stored events are deleted from ClickHouse (a mutation, so the parts are
    rewritten, not just masked), waited for by watching their rows.
 5. Nothing received up to the request may remain in ClickHouse or the stream; otherwise
@@ -47,10 +50,28 @@ SCAN_CHUNK = 1000
 MUTATION_POLL_SECONDS = 0.2
 MUTATION_SECONDS = 600  # then the attempt fails and is retried
 IN_FLIGHT_SECONDS = 30
+SESSIONS_PER_STATEMENT = 1000
+
+
+def _statements(theirs: str, params: dict, sessions: list[int]) -> list[tuple[str, dict]]:
+    """Conditions (with their parameters) for the user's rows and their sessions' rows, at most
+    SESSIONS_PER_STATEMENT session ids each: parameters travel in the URL over HTTP."""
+    statements = [(theirs, dict(params))]
+    for n, first in enumerate(range(0, len(sessions), SESSIONS_PER_STATEMENT)):
+        chunk = {"sessions": sessions[first:first + SESSIONS_PER_STATEMENT]}
+        if n == 0:
+            statements[0] = (f"({theirs}) OR session_id IN {{sessions:Array(UInt64)}}", {**params, **chunk})
+        else:
+            statements.append(("session_id IN {sessions:Array(UInt64)}", chunk))
+    return statements
 
 
 def forget_key(project_id: str) -> str:
     return f"oa:forget:{project_id}"
+
+
+def forget_sessions_key(project_id: str) -> str:
+    return f"oa:forget:{project_id}:sessions"
 
 
 @dataclass
@@ -161,10 +182,13 @@ class Deleter:
         redis, project_id, user_id = self.stores.redis, claimed.project_id, claimed.user_id
         if not user_id:
             raise RuntimeError("the request has no user id")
+        # Their sessions in the stream, before the tombstone lets the flusher drop their events there.
+        _, visitors, sessions = await self._in_stream(project_id, user_id, claimed.requested_ms)
         await redis.hset(forget_key(project_id), user_id, claimed.requested_ms)
         await redis.expire(forget_key(project_id), TOMBSTONE_SECONDS)
         await self._in_flight_settled(claimed.requested_ms)
-        _, visitors, sessions = await self._in_stream(project_id, user_id, claimed.requested_ms)
+        # And the sessions of their events the flusher dropped since (also in an earlier attempt).
+        sessions |= {sid for sid, whose in (await forgotten(redis, project_id)).sessions.items() if whose == user_id}
         table = await asyncio.to_thread(self._table, project_id)
         store = self.stores.events
         params = {"user": user_id, "until": datetime.fromtimestamp(claimed.requested_ms / 1000, UTC)}
@@ -174,21 +198,24 @@ class Deleter:
             visitors |= {visitor for visitor, _ in rows}
             sessions |= {session for _, session in rows}
         sessions.discard(0)
-        # First their sessions end, so no later event joins one of them.
+        # Their sessions get tombstones and their visits end, so no event of them is stored from now
+        # on and no later event joins one; then the events of those sessions leave the stream, and
+        # batches a worker read before that are waited out.
+        await forget_sessions(redis, project_id, dict.fromkeys(sessions, user_id))
         await self._forget_visitors(project_id, visitors - {0})
         queued_ids, _, _ = await self._in_stream(project_id, user_id, claimed.requested_ms, sessions)
         if queued_ids:
             await redis.xdel(self.stores.settings.stream_key, *queued_ids)
+        await self._in_flight_settled(int(datetime.now(UTC).timestamp() * 1000))
         stored = 0
         if table is not None:
-            if sessions:
-                params["sessions"] = sorted(sessions)
-                theirs = f"({theirs}) OR session_id IN {{sessions:Array(UInt64)}}"
-            count = f"SELECT count() FROM {table} WHERE {theirs}"
-            ((stored,),) = await store.run(store.rows, count, params)
-            if stored:
-                await store.run(store.command, f"ALTER TABLE {table} DELETE WHERE {theirs}", params)
-                await self._gone(claimed, count, params)
+            for where, values in _statements(theirs, params, sorted(sessions)):
+                count = f"SELECT count() FROM {table} WHERE {where}"
+                ((found,),) = await store.run(store.rows, count, values)
+                if found:
+                    await store.run(store.command, f"ALTER TABLE {table} DELETE WHERE {where}", values)
+                    await self._gone(claimed, count, values)
+                stored += found
         again, _, _ = await self._in_stream(project_id, user_id, claimed.requested_ms, sessions)
         if again:
             raise RuntimeError(f"{len(again)} events of the user are still queued")
@@ -278,8 +305,31 @@ class Deleter:
             await pipe.execute()
 
 
-async def forgotten(redis, project_id: str) -> dict[str, int]:
-    """The project's tombstones: user id -> request time (ms). Events of those users received
-    up to that time must not be stored."""
-    found = await redis.hgetall(forget_key(project_id))
-    return {k.decode(): int(v) for k, v in found.items()} if found else {}
+@dataclass
+class Forgotten:
+    """A project's tombstones: events of these users received up to their request time (ms), and
+    every event of these sessions (with the user whose they are), must not be stored."""
+
+    users: dict[str, int]
+    sessions: dict[int, str]
+
+    def covers(self, row: dict) -> bool:
+        user = row.get("user_id")
+        return ((user in self.users and row.get("received_at", 0) <= self.users[user])
+                or int(row.get("session_id") or 0) in self.sessions)
+
+
+async def forgotten(redis, project_id: str) -> Forgotten:
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(forget_key(project_id))
+        pipe.hgetall(forget_sessions_key(project_id))
+        users, sessions = await pipe.execute()
+    return Forgotten({k.decode(): int(v) for k, v in (users or {}).items()},
+                     {int(k): v.decode() for k, v in (sessions or {}).items()})
+
+
+async def forget_sessions(redis, project_id: str, sessions: dict[int, str]) -> None:
+    """Tombstones for these sessions (session id -> whose), so no event of them is stored any more."""
+    if sessions:
+        await redis.hset(forget_sessions_key(project_id), mapping={str(k): v for k, v in sessions.items()})
+        await redis.expire(forget_sessions_key(project_id), TOMBSTONE_SECONDS)

@@ -29,7 +29,7 @@ from redis.exceptions import ResponseError
 
 from openanalytics import telemetry
 from openanalytics.ingest.buffer import FIELD
-from openanalytics.privacy.deletion import forgotten
+from openanalytics.privacy.deletion import forget_sessions, forgotten
 from openanalytics.provisioning.events_schema import EVENT_COLUMNS, database_name
 
 log = logging.getLogger(__name__)
@@ -185,14 +185,19 @@ class Flusher:
         for project_id, found in rows.items():
             forget = await forgotten(self.redis, project_id)
             items: list[tuple[bytes, list[Any]]] = []
+            noted: dict[int, str] = {}  # sessions of dropped events, which the deletion takes whole
             for message_id, row in found:
-                if row.get("user_id") in forget and row.get("received_at", 0) <= forget[row["user_id"]]:
+                if forget.covers(row):
                     settled.append(message_id)  # its user asked for deletion meanwhile
+                    session = int(row.get("session_id") or 0)
+                    if session and session not in forget.sessions:
+                        noted[session] = row["user_id"]
                     continue
                 try:
                     items.append((message_id, to_columns(row)))
                 except Exception:
                     await self.dead_letter([(message_id, {FIELD: orjson.dumps(row)})], "unreadable row")
+            await forget_sessions(self.redis, project_id, noted)
             ids = [message_id for message_id, _ in items]
             if items and await self.provisioner(project_id):
                 # The token names every entry read, dropped ones too, so a replay after a crash
