@@ -19,6 +19,10 @@ those that start a session or come before that edge (and events without a sessio
 Used for totals without filters over whole UTC hours, when every session event in the window
 has its place (events stored before schema 4 do not). Otherwise aggregate.py's per-session
 statement answers, with the same numbers.
+
+The sums hold while sessions are stored whole and in order: commit.py keeps a session's events
+in order, and a privacy deletion takes whole sessions. Rows lost to the dead-letter stream leave
+their sessions short, which grouping counts as short sessions and the sums may not.
 """
 
 from __future__ import annotations
@@ -47,8 +51,8 @@ def applies(window: Window, filters: list, metrics: list[str], schema_version: i
 
 
 def _whole_hour(moment: datetime) -> bool:
-    return moment.minute == 0 and moment.second == 0 and moment.microsecond == 0 and moment.utcoffset() is not None \
-        and moment.utcoffset().total_seconds() % 3600 == 0
+    """`moment` is in UTC (Window.start, Window.end)."""
+    return moment.minute == 0 and moment.second == 0 and moment.microsecond == 0
 
 
 def sql(table: str, window: Window) -> tuple[str, dict[str, Any]]:
