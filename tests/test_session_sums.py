@@ -20,6 +20,7 @@ import pytest
 
 from openanalytics.provisioning.events_schema import database_name
 from openanalytics.query import session_sums
+from openanalytics.query import stats as stats_endpoints
 from openanalytics.query.aggregate import Aggregate, values, zero
 from openanalytics.query.window import Window
 from tests.helpers import store_events, stored_rows
@@ -70,6 +71,7 @@ def grouped(monkeypatch) -> list:
             return await super().run(store, limit, offset)
 
     monkeypatch.setattr(session_sums, "Aggregate", Spy)
+    monkeypatch.setattr(stats_endpoints, "Aggregate", Spy)
     return calls
 
 
@@ -96,6 +98,7 @@ async def test_totals_of_a_day_visits_were_going_on_into(client, visits, grouped
     assert await stats(client, visits, D, D) == {
         "visitors": 7, "pageviews": 6, "sessions": 6, "bounce_rate": 0.5, "session_duration": 150.0,
         "pages_per_session": 1.0, "events": 9, "conversions": 2, "revenue": {"EUR": "9.9900", "USD": "5.0000"}}
+    assert grouped == [], "summed, not grouped by session"
 
 
 async def test_totals_of_the_day_before_and_of_both(client, visits, grouped):

@@ -5,15 +5,17 @@ next worker starts the request over. Every step is idempotent:
 
 1. A tombstone (Redis hash `oa:forget:<project>`: user id -> request time) makes the
    flusher drop the user's events received up to the request instead of storing them;
-   then batches a worker read before the tombstone existed are waited out. The sessions of
-   their events are noted first from the stream, and the flusher notes the sessions of those
-   it drops (`oa:forget:<project>:sessions`: session id -> user id); from step 2 on, that
-   hash also makes it drop every event of their sessions.
-2. Their realtime and session state (keyed by the visitor ids their events carry, or by the next
-   day's for a visit that went on past midnight: the session and where it came from) is removed,
-   so their visits end.
-3. Their events still in the ingest stream are deleted from it, with every event of the browser
-   sessions theirs are in; batches a worker read before that are waited out.
+   then batches a worker read before the tombstone existed are waited out. (The sessions of
+   their events in the stream are noted first, as the flusher may drop those events.)
+2. Their browser sessions (from the stream, ClickHouse, and what the flusher noted when it
+   dropped their events) get tombstones too (`oa:forget:<project>:sessions`: session id ->
+   visitor and user), which make the flusher drop every event of them, and their realtime
+   and session state (keyed by the visitor ids their events carry, or by the next day's for
+   a visit that went on past midnight: the session and where it came from) is removed, so
+   their visits end.
+3. Their events still in the ingest stream are deleted from it, with every event of those
+   sessions, and batches a worker read before that are waited out. A visit of theirs found
+   meanwhile goes through 2 and 3 again.
 4. The same of their stored events are deleted from ClickHouse (a mutation, so the parts are
    rewritten, not just masked), waited for by watching their rows.
 5. Nothing received up to the request may remain in ClickHouse or the stream; otherwise
@@ -50,6 +52,7 @@ SCAN_CHUNK = 1000
 MUTATION_POLL_SECONDS = 0.2
 MUTATION_SECONDS = 600  # then the attempt fails and is retried
 IN_FLIGHT_SECONDS = 30
+RECOVERY_COUNT = 100_000  # pending entries read at once
 SESSIONS_PER_STATEMENT = 1000
 
 
@@ -187,39 +190,58 @@ class Deleter:
         await redis.hset(forget_key(project_id), user_id, claimed.requested_ms)
         await redis.expire(forget_key(project_id), TOMBSTONE_SECONDS)
         await self._in_flight_settled(claimed.requested_ms)
-        # And the sessions of their events the flusher dropped since (also in an earlier attempt).
-        sessions |= {sid for sid, whose in (await forgotten(redis, project_id)).sessions.items() if whose == user_id}
         table = await asyncio.to_thread(self._table, project_id)
         store = self.stores.events
         params = {"user": user_id, "until": datetime.fromtimestamp(claimed.requested_ms / 1000, UTC)}
         theirs = "user_id = {user:String} AND received_at <= {until:DateTime64(3, 'UTC')}"
-        if table is not None:
-            rows = await store.run(store.rows, f"SELECT DISTINCT visitor_id, session_id FROM {table} WHERE {theirs}", params)
-            visitors |= {visitor for visitor, _ in rows}
-            sessions |= {session for _, session in rows}
-        sessions.discard(0)
-        # Their sessions get tombstones and their visits end, so no event of them is stored from now
-        # on and no later event joins one; then the events of those sessions leave the stream, and
-        # batches a worker read before that are waited out.
-        await forget_sessions(redis, project_id, dict.fromkeys(sessions, user_id))
-        await self._forget_visitors(project_id, visitors - {0})
-        queued_ids, _, _ = await self._in_stream(project_id, user_id, claimed.requested_ms, sessions)
-        if queued_ids:
-            await redis.xdel(self.stores.settings.stream_key, *queued_ids)
-        await self._in_flight_settled(int(datetime.now(UTC).timestamp() * 1000))
+        queued: set[bytes] = set()
+        ended_sessions: set[int] = set()
+        ended_visitors: set[int] = set()
+        looked = False  # the stream at least once, for their events without a session
+        while True:
+            # Their visits so far: noted here, dropped by the flusher (also in an earlier attempt), stored.
+            noted = (await forgotten(redis, project_id)).sessions
+            sessions.update({sid: visitor for sid, (whose, visitor) in noted.items() if whose == user_id})
+            if table is not None:
+                sql = f"SELECT DISTINCT session_id, visitor_id FROM {table} WHERE {theirs}"
+                rows = await store.run(store.rows, sql, params)
+                sessions.update(rows)
+                visitors |= {visitor for _, visitor in rows}  # server-side events' too (no session)
+            sessions.pop(0, None)
+            visitors |= set(sessions.values())
+            visitors.discard(0)
+            if looked and set(sessions) <= ended_sessions and visitors <= ended_visitors:
+                break
+            # Tombstones for their sessions, and their visits end: from now on no event of them is
+            # stored and no later event joins one. Then those still queued leave the stream, and
+            # batches a worker read before that are waited out; a visit found meanwhile goes round again.
+            await forget_sessions(redis, project_id, user_id,
+                                  {sid: visitor for sid, visitor in sessions.items() if sid not in ended_sessions})
+            await self._forget_visitors(project_id, visitors - ended_visitors)
+            ended_sessions |= set(sessions)
+            ended_visitors |= visitors
+            ids, more_visitors, more_sessions = await self._in_stream(project_id, user_id, claimed.requested_ms,
+                                                                      set(sessions))
+            if ids:
+                await redis.xdel(self.stores.settings.stream_key, *ids)
+                queued.update(ids)
+            visitors |= more_visitors
+            sessions.update(more_sessions)
+            looked = True
+            await self._read_batches_stored()
         stored = 0
         if table is not None:
-            for where, values in _statements(theirs, params, sorted(sessions)):
+            for where, values in _statements(theirs, params, sorted(ended_sessions)):
                 count = f"SELECT count() FROM {table} WHERE {where}"
-                ((found,),) = await store.run(store.rows, count, values)
-                if found:
+                ((deleted,),) = await store.run(store.rows, count, values)
+                if deleted:
                     await store.run(store.command, f"ALTER TABLE {table} DELETE WHERE {where}", values)
                     await self._gone(claimed, count, values)
-                stored += found
-        again, _, _ = await self._in_stream(project_id, user_id, claimed.requested_ms, sessions)
+                stored += deleted
+        again, _, _ = await self._in_stream(project_id, user_id, claimed.requested_ms, ended_sessions)
         if again:
             raise RuntimeError(f"{len(again)} events of the user are still queued")
-        return stored, len(queued_ids)
+        return stored, len(queued)
 
     async def _in_flight_settled(self, requested_ms: int) -> None:
         """Wait until no worker holds, read but not yet stored, an event that arrived before the request:
@@ -237,6 +259,26 @@ class Deleter:
                 return
             if asyncio.get_running_loop().time() > deadline:
                 raise RuntimeError("events received before the request are still being stored; retrying later")
+            await asyncio.sleep(0.2)
+
+    async def _read_batches_stored(self) -> None:
+        """Wait until the entries workers hold now, read but not yet stored, are stored (or dropped)."""
+        from openanalytics.worker.flush import GROUP
+
+        redis, stream = self.stores.redis, self.stores.settings.stream_key
+        try:
+            held = {entry["message_id"] for entry in await redis.xpending_range(stream, GROUP, "-", "+", RECOVERY_COUNT)}
+        except ResponseError:  # no stream or no group yet: nothing in flight
+            return
+        deadline = asyncio.get_running_loop().time() + IN_FLIGHT_SECONDS
+        while held:
+            first, last = min(held), max(held)
+            left = await redis.xpending_range(stream, GROUP, first, last, len(held) + RECOVERY_COUNT)
+            held &= {entry["message_id"] for entry in left}
+            if not held:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError("events read before the deletion are still being stored; retrying later")
             await asyncio.sleep(0.2)
 
     async def _gone(self, claimed: Claimed, count_sql: str, params: dict) -> None:
@@ -259,12 +301,12 @@ class Deleter:
             provisioned = project is not None and project.events_schema_version > 0
         return f"{database_name(project_id)}.events" if provisioned else None
 
-    async def _in_stream(self, project_id: str, user_id: str, until_ms: int, sessions: frozenset[int] | set[int] = frozenset(),
-                         ) -> tuple[list[bytes], set[int], set[int]]:
+    async def _in_stream(self, project_id: str, user_id: str, until_ms: int, sessions: set[int] = frozenset(),
+                         ) -> tuple[list[bytes], set[int], dict[int, int]]:
         """The stream entries in the project of the user received up to `until_ms`, or of `sessions`;
-        and the visitor and session ids of the user's."""
+        and the visitor ids of the user's, and their sessions with each one's visitor."""
         redis, stream = self.stores.redis, self.stores.settings.stream_key
-        found, visitors, theirs, start = [], set(), set(), "-"
+        found, visitors, theirs, start = [], set(), {}, "-"
         while True:
             entries = await redis.xrange(stream, min=start, max="+", count=SCAN_CHUNK)
             for entry_id, fields in entries:
@@ -274,13 +316,15 @@ class Deleter:
                     continue  # the flusher dead-letters what it cannot read
                 if row.get("project_id") != project_id:
                     continue
+                session, visitor = int(row.get("session_id") or 0), int(row.get("visitor_id") or 0)
                 if row.get("user_id") == user_id and row.get("received_at", 0) <= until_ms:
                     found.append(entry_id)
-                    visitors.add(int(row.get("visitor_id") or 0))
-                    theirs.add(int(row.get("session_id") or 0))
-                elif int(row.get("session_id") or 0) in sessions:
+                    visitors.add(visitor)
+                    theirs[session] = visitor
+                elif session in sessions:
                     found.append(entry_id)
             if len(entries) < SCAN_CHUNK:
+                theirs.pop(0, None)
                 return found, visitors, theirs
             start = "(" + entries[-1][0].decode()
 
@@ -308,10 +352,10 @@ class Deleter:
 @dataclass
 class Forgotten:
     """A project's tombstones: events of these users received up to their request time (ms), and
-    every event of these sessions (with the user whose they are), must not be stored."""
+    every event of these sessions (with whose they are: user id, visitor id), must not be stored."""
 
     users: dict[str, int]
-    sessions: dict[int, str]
+    sessions: dict[int, tuple[str, int]]
 
     def covers(self, row: dict) -> bool:
         user = row.get("user_id")
@@ -325,11 +369,21 @@ async def forgotten(redis, project_id: str) -> Forgotten:
         pipe.hgetall(forget_sessions_key(project_id))
         users, sessions = await pipe.execute()
     return Forgotten({k.decode(): int(v) for k, v in (users or {}).items()},
-                     {int(k): v.decode() for k, v in (sessions or {}).items()})
+                     {int(k): _whose(v.decode()) for k, v in (sessions or {}).items()})
 
 
-async def forget_sessions(redis, project_id: str, sessions: dict[int, str]) -> None:
-    """Tombstones for these sessions (session id -> whose), so no event of them is stored any more."""
+def _whose(value: str) -> tuple[str, int]:
+    visitor, _, user = value.partition(":")
+    return user, int(visitor)
+
+
+async def forget_sessions(redis, project_id: str, user_id: str, sessions: dict[int, int]) -> None:
+    """Tombstones for these sessions of the user (session id -> its visitor), so no event of them is
+    stored any more. A session some other deletion already holds stays its."""
     if sessions:
-        await redis.hset(forget_sessions_key(project_id), mapping={str(k): v for k, v in sessions.items()})
-        await redis.expire(forget_sessions_key(project_id), TOMBSTONE_SECONDS)
+        key = forget_sessions_key(project_id)
+        async with redis.pipeline(transaction=False) as pipe:
+            for sid, visitor in sessions.items():
+                pipe.hsetnx(key, str(sid), f"{visitor}:{user_id}")
+            pipe.expire(key, TOMBSTONE_SECONDS)
+            await pipe.execute()

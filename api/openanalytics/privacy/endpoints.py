@@ -153,7 +153,9 @@ async def export_user(request: Request, access: PrivacyExport, user_id: UserId) 
     summary="Request deletion of one user's data",
     description=("Nothing is deleted inline: the request is queued and the worker deletes the user's stored events, "
                  "their events still waiting in the ingest stream, and their realtime and session state, then checks "
-                 "nothing is left. Asking again while a request for the user is queued or running returns that request."),
+                 "nothing is left. Events received up to the request count, and every event of a browser visit one of "
+                 "them belongs to, whenever received (its anonymous start too). Asking again while a request for the "
+                 "user is queued or running returns that request."),
     response_model=RequestStatus,
     responses=error_responses(400, 401, 403, 404, 409, 429),
 )

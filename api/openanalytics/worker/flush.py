@@ -185,19 +185,20 @@ class Flusher:
         for project_id, found in rows.items():
             forget = await forgotten(self.redis, project_id)
             items: list[tuple[bytes, list[Any]]] = []
-            noted: dict[int, str] = {}  # sessions of dropped events, which the deletion takes whole
+            noted: dict[str, dict[int, int]] = {}  # user -> sessions of their dropped events, which the deletion takes whole
             for message_id, row in found:
                 if forget.covers(row):
                     settled.append(message_id)  # its user asked for deletion meanwhile
                     session = int(row.get("session_id") or 0)
                     if session and session not in forget.sessions:
-                        noted[session] = row["user_id"]
+                        noted.setdefault(row["user_id"], {})[session] = int(row.get("visitor_id") or 0)
                     continue
                 try:
                     items.append((message_id, to_columns(row)))
                 except Exception:
                     await self.dead_letter([(message_id, {FIELD: orjson.dumps(row)})], "unreadable row")
-            await forget_sessions(self.redis, project_id, noted)
+            for user_id, sessions in noted.items():
+                await forget_sessions(self.redis, project_id, user_id, sessions)
             ids = [message_id for message_id, _ in items]
             if items and await self.provisioner(project_id):
                 # The token names every entry read, dropped ones too, so a replay after a crash
