@@ -68,7 +68,8 @@ def sql(table: str, window: Window) -> tuple[str, dict[str, Any]]:
         "sum(unknown) AS unknown, sumMapIf([toString(currency)], [assumeNotNull(amount)], amount IS NOT NULL) AS revenue "
         f"FROM (SELECT currency, {_SUMS} FROM {table} WHERE {_HOURS} GROUP BY currency)) AS s "
         # A visitor's sessions in the window each have a start in it or are going on, with a first event
-        # before the edge: counting the visitors of those events and of sessionless ones reads a fifth.
+        # before the edge: the visitors of those events and of sessionless ones are all the visitors,
+        # hashed once per session instead of once per event.
         f"CROSS JOIN (SELECT uniqExact(visitor_id) AS visitors FROM {table} PREWHERE visitor_id != 0 AND "
         f"(session_id = 0 OR session_seq = 1 OR timestamp < {_EDGE}) WHERE {RANGE_SQL}) AS v "
         # Sessions going on when the window opens: each one's first event in the window.
