@@ -193,6 +193,46 @@ async def test_a_session_is_found_though_the_flusher_dropped_the_event_naming_th
     assert await stored_rows(stores, tenant.id, "session_id") == [(600,)], "a late event of the visit is dropped"
 
 
+async def test_a_deletion_while_events_of_the_visit_keep_arriving_and_being_stored(client, stores, worker, make_tenant):
+    """Events of u1's visit (already in flight when the visit ended) and of someone else's keep coming
+    and a flusher keeps storing while the deletion runs: none of the visit's is left, all the others are."""
+    import asyncio
+
+    import orjson
+
+    from openanalytics.ingest.buffer import FIELD
+
+    now = datetime.now(UTC)
+    tenant = privacy_tenant(make_tenant)
+    visit = {"origin": "collect", "visitor_id": 7, "session_id": 500, "event_type": "pageview"}
+    other = {"origin": "collect", "visitor_id": 8, "session_id": 600, "event_type": "pageview"}
+    await store(stores, tenant, [event("u1", now - timedelta(minutes=10), **visit)])
+    request = (await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)).json()
+    only(stores, request["request_id"])
+    sending = True
+
+    async def send() -> None:
+        nonlocal sending
+        for n in range(20):
+            for fields in (visit, other):
+                row = {"project_id": tenant.id, **event("", now + timedelta(seconds=n), **fields)}
+                await stores.redis.xadd(stores.settings.stream_key, {FIELD: orjson.dumps(row)})
+            await asyncio.sleep(0.01)
+        sending = False
+
+    async def flush() -> None:
+        while sending:
+            await worker.drain()
+            await asyncio.sleep(0)
+
+    done, _, _ = await asyncio.gather(worker.forget(), send(), flush())
+    assert done == [request["request_id"]]
+    await worker.drain()
+    assert (await client.get(request["poll_url"], headers=tenant.headers)).json()["status"] == "completed"
+    left = [session for (session,) in await stored_rows(stores, tenant.id, "session_id")]
+    assert left.count(500) == 0 and left.count(600) == 20
+
+
 async def test_usage_still_counts_what_was_tracked_after_a_deletion(client, stores, worker, make_tenant, monkeypatch):
     from openanalytics.provisioning import events_schema
 
