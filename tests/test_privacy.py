@@ -233,6 +233,22 @@ async def test_a_deletion_while_events_of_the_visit_keep_arriving_and_being_stor
     assert left.count(500) == 0 and left.count(600) == 20
 
 
+async def test_tombstones_older_than_a_day_are_pruned_by_the_next_deletion(client, stores, worker, make_tenant):
+    from openanalytics.privacy.deletion import forget_key, forget_sessions_key, forgotten
+
+    tenant = privacy_tenant(make_tenant)
+    day_ago = ms(datetime.now(UTC) - timedelta(hours=25))
+    await stores.redis.hset(forget_key(tenant.id), mapping={"old": day_ago, "recent": ms(datetime.now(UTC))})
+    await stores.redis.hset(forget_sessions_key(tenant.id), mapping={
+        "41": f"{day_ago}:4:old", "42": f"{ms(datetime.now(UTC))}:4:recent:with:colons"})
+    request = (await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)).json()
+    only(stores, request["request_id"])
+    assert await worker.forget() == [request["request_id"]]
+    left = await forgotten(stores.redis, tenant.id)
+    assert set(left.users) == {"recent", "u1"}
+    assert left.sessions == {42: ("recent:with:colons", 4)}
+
+
 async def test_usage_still_counts_what_was_tracked_after_a_deletion(client, stores, worker, make_tenant, monkeypatch):
     from openanalytics.provisioning import events_schema
 

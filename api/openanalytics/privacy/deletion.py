@@ -9,7 +9,7 @@ next worker starts the request over. Every step is idempotent:
    their events in the stream are noted first, as the flusher may drop those events.)
 2. Their browser sessions (from the stream, ClickHouse, and what the flusher noted when it
    dropped their events) get tombstones too (`oa:forget:<project>:sessions`: session id ->
-   visitor and user), which make the flusher drop every event of them, and their realtime
+   when, visitor and user), which make the flusher drop every event of them, and their realtime
    and session state (keyed by the visitor ids their events carry, or by the next day's for
    a visit that went on past midnight: the session and where it came from) is removed, so
    their visits end.
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -185,6 +186,7 @@ class Deleter:
         redis, project_id, user_id = self.stores.redis, claimed.project_id, claimed.user_id
         if not user_id:
             raise RuntimeError("the request has no user id")
+        await prune_tombstones(redis, project_id)
         # Their sessions in the stream, before the tombstone lets the flusher drop their events there.
         _, visitors, sessions = await self._in_stream(project_id, user_id, claimed.requested_ms)
         await redis.hset(forget_key(project_id), user_id, claimed.requested_ms)
@@ -374,17 +376,35 @@ async def forgotten(redis, project_id: str) -> Forgotten:
 
 
 def _whose(value: str) -> tuple[str, int]:
-    visitor, _, user = value.partition(":")
+    """A session tombstone's value, "set at (ms):visitor:user id": (user id, visitor)."""
+    _, visitor, user = value.split(":", 2)
     return user, int(visitor)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 async def forget_sessions(redis, project_id: str, user_id: str, sessions: dict[int, int]) -> None:
     """Tombstones for these sessions of the user (session id -> its visitor), so no event of them is
     stored any more. A session some other deletion already holds stays its."""
     if sessions:
-        key = forget_sessions_key(project_id)
+        key, now = forget_sessions_key(project_id), _now_ms()
         async with redis.pipeline(transaction=False) as pipe:
             for sid, visitor in sessions.items():
-                pipe.hsetnx(key, str(sid), f"{visitor}:{user_id}")
+                pipe.hsetnx(key, str(sid), f"{now}:{visitor}:{user_id}")
             pipe.expire(key, TOMBSTONE_SECONDS)
             await pipe.execute()
+
+
+async def prune_tombstones(redis, project_id: str) -> int:
+    """Remove the project's tombstones older than TOMBSTONE_SECONDS; returns how many. Each write
+    renews the hashes' lifetime, so with a deletion a day they would otherwise only grow (and the
+    flusher reads them for every batch)."""
+    cutoff = _now_ms() - TOMBSTONE_SECONDS * 1000
+    removed = 0
+    for key, moment in ((forget_key(project_id), int), (forget_sessions_key(project_id), lambda v: int(v.split(b":")[0]))):
+        old = [field for field, value in (await redis.hgetall(key)).items() if moment(value) < cutoff]
+        if old:
+            removed += await redis.hdel(key, *old)
+    return removed
