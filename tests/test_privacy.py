@@ -249,6 +249,42 @@ async def test_tombstones_older_than_a_day_are_pruned_by_the_next_deletion(clien
     assert left.sessions == {42: ("recent:with:colons", 4)}
 
 
+async def test_a_deletion_waits_for_the_batches_workers_hold_until_stored(stores, worker, monkeypatch):
+    """Entries a worker read but has not acknowledged yet (ids out of text order among them) are waited
+    for; ones read later are not; a batch held too long fails the attempt, to be retried."""
+    import asyncio
+
+    from openanalytics.privacy import deletion
+    from openanalytics.worker.flush import GROUP
+
+    stream = stores.settings.stream_key
+    await worker.flusher.ensure_group()
+    for n in (2, 12):  # "...-12" sorts before "...-2" as text
+        await stores.redis.xadd(stream, {"e": b"{}"}, id=f"1700000000000-{n}")
+    held = await stores.redis.xreadgroup(GROUP, "slow-worker", {stream: ">"})
+    ids = [entry_id for entry_id, _ in held[0][1]]
+
+    stored = []
+
+    async def store_later() -> None:
+        await asyncio.sleep(0.2)
+        await stores.redis.xadd(stream, {"e": b"{}"}, id="1700000000001-0")  # read after: not waited for
+        await stores.redis.xreadgroup(GROUP, "other-worker", {stream: ">"})
+        await asyncio.sleep(0.3)
+        await stores.redis.xack(stream, GROUP, *ids)
+        stored.append(True)
+
+    async def wait() -> bool:
+        await worker.deleter._read_batches_stored()
+        return bool(stored)
+
+    waited, _ = await asyncio.gather(wait(), store_later())
+    assert waited, "returned only once the held batch was stored"
+    monkeypatch.setattr(deletion, "IN_FLIGHT_SECONDS", 0.3)  # the entry read after is held for good
+    with pytest.raises(RuntimeError, match="still being stored"):
+        await worker.deleter._read_batches_stored()
+
+
 async def test_usage_still_counts_what_was_tracked_after_a_deletion(client, stores, worker, make_tenant, monkeypatch):
     from openanalytics.provisioning import events_schema
 

@@ -275,8 +275,7 @@ class Deleter:
             return
         deadline = asyncio.get_running_loop().time() + IN_FLIGHT_SECONDS
         while held:
-            first, last = min(held), max(held)
-            left = await redis.xpending_range(stream, GROUP, first, last, len(held) + RECOVERY_COUNT)
+            left = await redis.xpending_range(stream, GROUP, "-", "+", RECOVERY_COUNT)
             held &= {entry["message_id"] for entry in left}
             if not held:
                 return
