@@ -240,7 +240,8 @@ async def test_tombstones_older_than_a_day_are_pruned_by_the_next_deletion(clien
     day_ago = ms(datetime.now(UTC) - timedelta(hours=25))
     await stores.redis.hset(forget_key(tenant.id), mapping={"old": day_ago, "recent": ms(datetime.now(UTC))})
     await stores.redis.hset(forget_sessions_key(tenant.id), mapping={
-        "41": f"{day_ago}:4:old", "42": f"{ms(datetime.now(UTC))}:4:recent:with:colons"})
+        "41": f"{day_ago}:4:old", "42": f"{ms(datetime.now(UTC))}:4:recent:with:colons", "43": "another form"})
+    assert 43 in (await forgotten(stores.redis, tenant.id)).sessions, "read, not a stop for the flusher"
     request = (await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)).json()
     only(stores, request["request_id"])
     assert await worker.forget() == [request["request_id"]]

@@ -231,6 +231,7 @@ class Deleter:
             sessions.update(more_sessions)
             looked = True
             await self._read_batches_stored()
+            await asyncio.to_thread(self._renew, claimed)  # a round can take a while with a long stream
         stored = 0
         if table is not None:
             for where, values in _statements(theirs, params, sorted(ended_sessions)):
@@ -375,9 +376,18 @@ async def forgotten(redis, project_id: str) -> Forgotten:
 
 
 def _whose(value: str) -> tuple[str, int]:
-    """A session tombstone's value, "set at (ms):visitor:user id": (user id, visitor)."""
-    _, visitor, user = value.split(":", 2)
-    return user, int(visitor)
+    """A session tombstone's value, "set at (ms):visitor:user id": (user id, visitor). The flusher reads
+    these for every batch: a value of another form must not stop it (it still drops the session)."""
+    parts = value.split(":", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        return parts[2], int(parts[1])
+    return "", 0
+
+
+def _set_at(value: bytes) -> int:
+    """When a session tombstone was set (0, so pruned, for a value of another form)."""
+    first = value.split(b":", 1)[0]
+    return int(first) if first.isdigit() else 0
 
 
 def _now_ms() -> int:
@@ -402,7 +412,7 @@ async def prune_tombstones(redis, project_id: str) -> int:
     flusher reads them for every batch)."""
     cutoff = _now_ms() - TOMBSTONE_SECONDS * 1000
     removed = 0
-    for key, moment in ((forget_key(project_id), int), (forget_sessions_key(project_id), lambda v: int(v.split(b":")[0]))):
+    for key, moment in ((forget_key(project_id), int), (forget_sessions_key(project_id), _set_at)):
         old = [field for field, value in (await redis.hgetall(key)).items() if moment(value) < cutoff]
         if old:
             removed += await redis.hdel(key, *old)
