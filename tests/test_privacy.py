@@ -286,6 +286,36 @@ async def test_a_deletion_waits_for_the_batches_workers_hold_until_stored(stores
         await worker.deleter._read_batches_stored()
 
 
+async def test_two_workers_deleting_two_users_of_one_shared_visit_at_once(client, stores, make_tenant):
+    """u1 and u2 both identified themselves in visit 700 (a shared device); two workers carry out their
+    two requests at the same time. Both complete, and of the visits only u3's is left."""
+    import asyncio
+
+    from openanalytics.worker.runner import Worker
+
+    now = datetime.now(UTC)
+    tenant = privacy_tenant(make_tenant)
+
+    def visit(session: int, user: str, visitor: int = 7) -> dict:
+        return event(user, now - timedelta(minutes=10), origin="collect", visitor_id=visitor, session_id=session)
+
+    await store(stores, tenant, [visit(700, ""), visit(700, "u1"), visit(700, "u2"), visit(701, "u1"),
+                                 visit(702, "u2", 9), visit(800, "u3", 8)])
+    ids = [(await client.delete(f"/v1/projects/{tenant.id}/privacy/user/{user}", headers=tenant.headers)).json()[
+        "request_id"] for user in ("u1", "u2")]
+    with stores.db.session() as session:
+        for other in session.query(PrivacyRequest).filter(PrivacyRequest.id.notin_(ids),
+                                                          PrivacyRequest.status.in_(("queued", "running"))):
+            other.status = "failed"
+    done = await asyncio.gather(Worker(stores, consumer="a").forget(), Worker(stores, consumer="b").forget())
+    assert sorted(done[0] + done[1]) == sorted(ids)
+    for request_id in ids:
+        status = (await client.get(f"/v1/projects/{tenant.id}/privacy/requests/{request_id}",
+                                   headers=tenant.headers)).json()
+        assert status["status"] == "completed", status
+    assert await stored_rows(stores, tenant.id, "session_id, user_id") == [(800, "u3")]
+
+
 async def test_usage_still_counts_what_was_tracked_after_a_deletion(client, stores, worker, make_tenant, monkeypatch):
     from openanalytics.provisioning import events_schema
 
