@@ -316,6 +316,38 @@ async def test_two_workers_deleting_two_users_of_one_shared_visit_at_once(client
     assert await stored_rows(stores, tenant.id, "session_id, user_id") == [(800, "u3")]
 
 
+async def test_a_batch_read_before_the_tombstone_and_stored_late_is_deleted_whole(client, stores, worker, make_tenant):
+    """A worker read u1's event (visit 900) before the deletion began and stores it only while the
+    deletion runs; the entry is no longer in the stream to be seen. The visit still goes whole."""
+    import asyncio
+
+    import orjson
+
+    from openanalytics.ingest.buffer import FIELD
+    from openanalytics.worker.flush import GROUP
+
+    now = datetime.now(UTC)
+    tenant = privacy_tenant(make_tenant)
+    visit = {"origin": "collect", "visitor_id": 7, "session_id": 900, "event_type": "pageview"}
+    await store(stores, tenant, [event("", now - timedelta(minutes=20), **visit), event("u2", now, visitor_id=8)])
+    request = (await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)).json()
+    only(stores, request["request_id"])
+    stream, late = stores.settings.stream_key, event("u1", now - timedelta(minutes=10), **visit)
+    await worker.flusher.ensure_group()
+    entry = await stores.redis.xadd(stream, {FIELD: orjson.dumps({"project_id": tenant.id, **late})})
+    await stores.redis.xreadgroup(GROUP, "slow-worker", {stream: ">"})
+    await stores.redis.xdel(stream, entry)  # held by the slow worker, gone from the stream
+
+    async def store_late() -> None:
+        await asyncio.sleep(0.3)
+        await store(stores, tenant, [late])
+        await stores.redis.xack(stream, GROUP, entry)
+
+    done, _ = await asyncio.gather(worker.forget(), store_late())
+    assert done == [request["request_id"]]
+    assert await stored_rows(stores, tenant.id, "user_id") == [("u2",)]
+
+
 async def test_usage_still_counts_what_was_tracked_after_a_deletion(client, stores, worker, make_tenant, monkeypatch):
     from openanalytics.provisioning import events_schema
 

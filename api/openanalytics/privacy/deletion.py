@@ -4,9 +4,9 @@ A request is claimed with a lease; a worker that dies leaves the lease to run ou
 next worker starts the request over. Every step is idempotent:
 
 1. A tombstone (Redis hash `oa:forget:<project>`: user id -> request time) makes the
-   flusher drop the user's events received up to the request instead of storing them;
-   then batches a worker read before the tombstone existed are waited out. (The sessions of
-   their events in the stream are noted first, as the flusher may drop those events.)
+   flusher drop the user's events received up to the request instead of storing them.
+   (The sessions of their events in the stream are noted first, as the flusher may drop
+   those events.)
 2. Their browser sessions (from the stream, ClickHouse, and what the flusher noted when it
    dropped their events) get tombstones too (`oa:forget:<project>:sessions`: session id ->
    when, visitor and user), which make the flusher drop every event of them, and their realtime
@@ -14,8 +14,9 @@ next worker starts the request over. Every step is idempotent:
    a visit that went on past midnight: the session and where it came from) is removed, so
    their visits end.
 3. Their events still in the ingest stream are deleted from it, with every event of those
-   sessions, and batches a worker read before that are waited out. A visit of theirs found
-   meanwhile goes through 2 and 3 again.
+   sessions, and the batches workers hold at that moment (read, perhaps before a tombstone
+   existed, but not stored yet) are waited out. Then 2 and 3 go round again until no new
+   visit of theirs turns up, in ClickHouse or among what the flusher noted.
 4. The same of their stored events are deleted from ClickHouse (a mutation, so the parts are
    rewritten, not just masked), waited for by watching their rows.
 5. Nothing received up to the request may remain in ClickHouse or the stream; otherwise
@@ -191,7 +192,6 @@ class Deleter:
         _, visitors, sessions = await self._in_stream(project_id, user_id, claimed.requested_ms)
         await redis.hset(forget_key(project_id), user_id, claimed.requested_ms)
         await redis.expire(forget_key(project_id), TOMBSTONE_SECONDS)
-        await self._in_flight_settled(claimed.requested_ms)
         table = await asyncio.to_thread(self._table, project_id)
         store = self.stores.events
         params = {"user": user_id, "until": datetime.fromtimestamp(claimed.requested_ms / 1000, UTC)}
@@ -247,37 +247,21 @@ class Deleter:
             raise RuntimeError(f"{len(again)} events of the user are still queued")
         return stored, len(queued)
 
-    async def _in_flight_settled(self, requested_ms: int) -> None:
-        """Wait until no worker holds, read but not yet stored, an event that arrived before the request:
-        such a batch read the tombstones before they were written and could land after the deletion."""
-        from openanalytics.worker.flush import GROUP
-
-        deadline = asyncio.get_running_loop().time() + IN_FLIGHT_SECONDS
-        while True:
-            try:
-                pending = await self.stores.redis.xpending(self.stores.settings.stream_key, GROUP)
-            except ResponseError:  # no stream or no group yet: nothing in flight
-                return
-            oldest = pending.get("min")
-            if not pending.get("pending") or oldest is None or int(oldest.split(b"-")[0]) > requested_ms:
-                return
-            if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError("events received before the request are still being stored; retrying later")
-            await asyncio.sleep(0.2)
-
     async def _read_batches_stored(self) -> None:
-        """Wait until the entries workers hold now, read but not yet stored, are stored (or dropped)."""
+        """Wait until the entries workers hold now, read but not yet stored, are stored (or dropped):
+        a batch read before a tombstone was written could otherwise land after the deletion."""
         from openanalytics.worker.flush import GROUP
 
         redis, stream = self.stores.redis, self.stores.settings.stream_key
-        try:
-            held = {entry["message_id"] for entry in await redis.xpending_range(stream, GROUP, "-", "+", RECOVERY_COUNT)}
-        except ResponseError:  # no stream or no group yet: nothing in flight
-            return
         deadline = asyncio.get_running_loop().time() + IN_FLIGHT_SECONDS
-        while held:
-            left = await redis.xpending_range(stream, GROUP, "-", "+", RECOVERY_COUNT)
-            held &= {entry["message_id"] for entry in left}
+        held = None
+        while True:
+            try:
+                pending = await redis.xpending_range(stream, GROUP, "-", "+", RECOVERY_COUNT)
+            except ResponseError:  # no stream or no group yet: nothing in flight
+                return
+            ids = {entry["message_id"] for entry in pending}
+            held = ids if held is None else held & ids
             if not held:
                 return
             if asyncio.get_running_loop().time() > deadline:
