@@ -86,3 +86,20 @@ def assert_error(response, status: int, code: str | None = None) -> dict:
     if code is not None:
         assert body["error"] == code, body
     return body
+
+
+def aggregate_spy(monkeypatch, *modules) -> list:
+    """Replaces Aggregate in `modules` by one that notes the window of each query it runs: where a
+    query grouped events instead of summing (query/session_sums.py, query/path_sums.py)."""
+    from openanalytics.query.aggregate import Aggregate
+
+    calls = []
+
+    class Spy(Aggregate):
+        async def run(self, store, limit=None, offset=0):
+            calls.append(self.window)
+            return await super().run(store, limit, offset)
+
+    for module in modules:
+        monkeypatch.setattr(module, "Aggregate", Spy)
+    return calls

@@ -162,6 +162,37 @@ async def test_deletion_takes_the_whole_browser_sessions_the_user_is_in(client, 
     assert left == [(0, "u1"), (600, ""), (600, ""), (600, "u2")]
 
 
+async def test_the_other_visits_of_their_visitors_lose_their_path_ages(client, stores, worker, make_tenant):
+    """u1's visit goes; the same visitor's other visits, stored and still queued, stay, but their path
+    ages may count from a deleted event: they are marked not known (0), so breakdowns by path over
+    them group events (query/path_sums.py). Someone else's visit keeps its ages, and the visitor's
+    kept paths are gone from Redis, so its next events count from none."""
+    import orjson
+
+    from openanalytics.ingest.buffer import FIELD
+
+    now = datetime.now(UTC)
+    tenant = privacy_tenant(make_tenant)
+    aged = {"origin": "collect", "event_type": "pageview", "path_visitor_age": 3, "path_session_age": 65535}
+    await store(stores, tenant, [
+        event("u1", now - timedelta(hours=3), visitor_id=7, session_id=500, **aged),
+        event("", now - timedelta(hours=2), visitor_id=7, session_id=501, **aged),
+        event("", now - timedelta(hours=2), visitor_id=8, session_id=600, **aged),
+    ])
+    queued = event("", now - timedelta(minutes=5), visitor_id=7, session_id=502, **aged)
+    await stores.redis.xadd(stores.settings.stream_key, {FIELD: orjson.dumps({"project_id": tenant.id, **queued})})
+    await stores.redis.hset(f"oa:vp:{tenant.id}:7", "a1b2", "100:500")
+    await stores.redis.hset(f"oa:vp:{tenant.id}:8", "a1b2", "100:600")
+    request = (await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)).json()
+    only(stores, request["request_id"])
+    assert await worker.forget() == [request["request_id"]]
+    await worker.drain()
+    left = sorted(await stored_rows(stores, tenant.id, "session_id, path_visitor_age, path_session_age"))
+    assert left == [(501, 0, 0), (502, 0, 0), (600, 3, 65535)]
+    assert not await stores.redis.exists(f"oa:vp:{tenant.id}:7")
+    assert await stores.redis.exists(f"oa:vp:{tenant.id}:8")
+
+
 async def test_a_session_is_found_though_the_flusher_dropped_the_event_naming_the_user(client, stores, worker,
                                                                                      make_tenant):
     """As after an attempt that set the tombstone and died: the flusher drops u1's queued event and

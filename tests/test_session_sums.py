@@ -23,7 +23,7 @@ from openanalytics.query import session_sums
 from openanalytics.query import stats as stats_endpoints
 from openanalytics.query.aggregate import Aggregate, values, zero
 from openanalytics.query.window import Window
-from tests.helpers import store_events, stored_rows
+from tests.helpers import aggregate_spy, store_events, stored_rows
 from tests.test_collect_pipeline import send
 
 D = datetime.now(UTC).date() - timedelta(days=2)
@@ -63,16 +63,7 @@ async def visits(app, client, stores, worker, tenant):
 @pytest.fixture
 def grouped(monkeypatch) -> list:
     """The windows /stats grouped by session for, instead of summing."""
-    calls = []
-
-    class Spy(Aggregate):
-        async def run(self, store, limit=None, offset=0):
-            calls.append(self.window)
-            return await super().run(store, limit, offset)
-
-    monkeypatch.setattr(session_sums, "Aggregate", Spy)
-    monkeypatch.setattr(stats_endpoints, "Aggregate", Spy)
-    return calls
+    return aggregate_spy(monkeypatch, session_sums, stats_endpoints)
 
 
 async def stats(client, tenant, first, last, zone="UTC") -> dict:

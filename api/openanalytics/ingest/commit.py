@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from functools import lru_cache
 
 import orjson
 import redis.asyncio as aioredis
@@ -61,17 +62,33 @@ local function each_chunk(list, size, call)
     call(unpack(list, first, math.min(first + size - 1, #list)))
   end
 end
--- A session is "sid:last seen ms:visitor:events so far:first was a pageview (1/0)"; the visitor it
--- started with stays its visitor. Older values end after the visitor: their count is unknown (0).
+-- A session is "sid:last seen ms:visitor:events so far:first was a pageview (1/0)", then while it is
+-- one pageview, "\n" and that pageview's path; the visitor it started with stays its visitor. Older
+-- values end after the visitor: their count is unknown (0), and so is the path (nil).
 local function live(key)
   local value = redis.call('GET', key)
   if not value then return nil end
   local sid, seen, who, rest = string.match(value, '^(%d+):(%d+):(%d+)(.*)')  -- whatever a later form appends
   if sid and now - tonumber(seen) <= idle then
-    local count, first_pv = string.match(rest, '^:(%d+):([01])')
-    return sid, who, tonumber(seen), tonumber(count or '0'), first_pv
+    local count, first_pv, marked, first_path = string.match(rest, '^:(%d+):([01])(\n?)(.*)$')
+    if marked ~= '\n' then first_path = nil end
+    return sid, who, tonumber(seen), tonumber(count or '0'), first_pv, first_path
   end
   return nil
+end
+-- Per visitor, each path's last event, "hour:session" (the field is the path's key), kept while
+-- the visitor can come back: its visits start on one day and each goes on while events come.
+local function path_ages(pid, visitor, sid, field, at)
+  local key, hour = 'oa:vp:' .. pid .. ':' .. visitor, math.floor(at / 3600000)
+  local last, visitor_age, session_age = redis.call('HGET', key, field), 65535, 65535
+  if last then
+    local last_hour, last_sid = string.match(last, '^(%d+):(%d+)$')
+    visitor_age = math.min(math.max(0, hour - tonumber(last_hour)) + 1, 65534)
+    if last_sid == sid then session_age = visitor_age end
+  end
+  redis.call('HSET', key, field, string.format('%d', hour) .. ':' .. sid)
+  redis.call('PEXPIRE', key, 86400000 + idle * 2)
+  return visitor_age, session_age
 end
 -- Where a session came from, "source\nJSON members for the row", in a key of its own beside the
 -- session's (so the session's value keeps its form for every version of this script); none for a
@@ -101,7 +118,7 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
   local kind, pid, iptag, iplimit, sitelimit = f[1], f[2], f[3], f[4], f[5]
   local visitor, previous, fresh = f[6], f[7], f[8]
   local event_id, reason, stamp, day = f[9], f[10], f[11], f[12]
-  local event_type, path, source = f[13], f[14], f[15]
+  local event_type, path, source, path_key = f[13], f[14], f[15], f[16]
   local row, arrival, acquired = next_text(), next_text(), next_text()
   now = tonumber(stamp)
   local outcome = reason
@@ -116,11 +133,11 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
       outcome = 'rate_limited_site'
     else
       local key, acquired_key = 'oa:sess:' .. pid .. ':' .. visitor, 'oa:acq:' .. pid .. ':' .. visitor
-      local sid, who, last_at, count, first_pv = live(key)
+      local sid, who, last_at, count, first_pv, first_path = live(key)
       local kept_key = acquired_key
       if not sid and previous ~= '' then
         -- Just after midnight: yesterday's visitor may be mid-visit. Continue it under today's key too.
-        sid, who, last_at, count, first_pv = live('oa:sess:' .. pid .. ':' .. previous)
+        sid, who, last_at, count, first_pv, first_path = live('oa:sess:' .. pid .. ':' .. previous)
         kept_key = 'oa:acq:' .. pid .. ':' .. previous
       end
       local continued = sid ~= nil
@@ -131,17 +148,23 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
       -- one pageview, -1 when a second event ends that.
       -- The event's time is its arrival, but never before the session's last event: hits of one visit
       -- that pods with their own clocks commit out of order keep the session's order (off by as much).
-      local at, seq, gap, bounce = now, 1, 0, 0
+      local at, seq, gap, bounce, bounce_path = now, 1, 0, 0, ''
       if continued then
         at = math.max(now, last_at)
         seq, gap = (count > 0) and count + 1 or 0, at - last_at
-        if seq == 2 and first_pv == '1' then bounce = -1 end
+        if seq == 2 and first_pv == '1' then bounce, bounce_path = -1, first_path end
       else
         first_pv = (event_type == 'pageview') and '1' or '0'
         if first_pv == '1' then bounce = 1 end
       end
+      -- Per path (query/path_sums.py): hours since the visitor's and the session's last event on it,
+      -- and where a bounce ends, the path it was on. Not known (0) where the place is not.
+      local visitor_age, session_age = path_ages(pid, visitor, sid, path_key, at)
+      if seq == 0 or bounce_path == nil then visitor_age, session_age, bounce_path = 0, 0, '' end
+      local kept = sid .. ':' .. string.format('%d', at) .. ':' .. visitor .. ':' .. seq .. ':' .. (first_pv or '0')
+      if seq == 1 and first_pv == '1' then kept = kept .. '\n' .. path end
       at = string.format('%d', at)
-      redis.call('SET', key, sid .. ':' .. at .. ':' .. visitor .. ':' .. seq .. ':' .. (first_pv or '0'), 'PX', idle * 2)
+      redis.call('SET', key, kept, 'PX', idle * 2)
       if acquired ~= '' and continued and kept_key == acquired_key then
         redis.call('PEXPIRE', acquired_key, idle * 2)  -- kept as long as its session
       elseif acquired ~= '' then
@@ -152,7 +175,8 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
       -- field 'e' as in buffer.FIELD, which the worker reads
       redis.call('XADD', stream, '*', 'e', row .. acquired .. ',"visitor_id":' .. visitor .. ',"session_id":' .. sid ..
         ',"session_seq":' .. seq .. ',"session_gap_ms":' .. string.format('%d', gap) .. ',"bounce":' .. bounce ..
-        ',"timestamp":' .. at .. '}')
+        ',"path_visitor_age":' .. visitor_age .. ',"path_session_age":' .. session_age ..
+        ',"bounce_path":' .. cjson.encode(bounce_path) .. ',"timestamp":' .. at .. '}')
       outcome = 'accepted'
       local rt = 'oa:rt:' .. pid
       seen[rt] = seen[rt] or {}
@@ -220,6 +244,12 @@ return table.concat(outcomes, ',')
 _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 
 
+@lru_cache(maxsize=4096)
+def path_key(path: str) -> str:
+    """A short stable key for a path, which the script keeps per visitor instead of the path itself."""
+    return hashlib.blake2b(path.encode(), digest_size=8).hexdigest()
+
+
 def accepted(project_id: str, ip_tag: str, per_ip: int, per_site: int, visitor: int, previous: int | None,
              fresh_session: int, row: str, arrival: str, event_id: str, stamp_ms: int, day: str,
              event_type: str, path: str, source: str, acquired: str = "") -> list:
@@ -228,12 +258,12 @@ def accepted(project_id: str, ip_tag: str, per_ip: int, per_site: int, visitor: 
     fields, the event's time among them; the last three feed realtime). `source` and `acquired` (JSON members with a leading comma,
     or "") are where this hit came from, which its session keeps if this hit starts it."""
     return [row, arrival, acquired, "E", project_id, ip_tag, per_ip, per_site, str(visitor), str(previous or ""),
-            str(fresh_session), event_id, "", str(stamp_ms), day, event_type, path, source]
+            str(fresh_session), event_id, "", str(stamp_ms), day, event_type, path, source, path_key(path)]
 
 
 def dropped(project_id: str, ip_tag: str, per_ip: int, arrival: str, reason: str, stamp_ms: int, day: str) -> list:
     """A hit the steps ignored for `reason`: counted and listed for Verify; it spends its IP's budget."""
-    return ["", arrival, "", "D", project_id, ip_tag, per_ip, 0, "", "", "", "", reason, str(stamp_ms), day, "", "", ""]
+    return ["", arrival, "", "D", project_id, ip_tag, per_ip, 0, "", "", "", "", reason, str(stamp_ms), day, "", "", "", ""]
 
 
 class Committer:

@@ -42,7 +42,7 @@ from openanalytics import telemetry
 from openanalytics.ingest.buffer import FIELD
 from openanalytics.privacy.models import PrivacyRequest
 from openanalytics.projects.models import Project
-from openanalytics.provisioning.events_schema import database_name
+from openanalytics.provisioning.events_schema import PATH_SUMS_VERSION, database_name
 from openanalytics.runtime import Stores
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ class Deleter:
         _, visitors, sessions = await self._in_stream(project_id, user_id, claimed.requested_ms)
         await redis.hset(forget_key(project_id), user_id, claimed.requested_ms)
         await redis.expire(forget_key(project_id), TOMBSTONE_SECONDS)
-        table = await asyncio.to_thread(self._table, project_id)
+        table, version = await asyncio.to_thread(self._table, project_id)
         store = self.stores.events
         params = {"user": user_id, "until": datetime.fromtimestamp(claimed.requested_ms / 1000, UTC)}
         theirs = "user_id = {user:String} AND received_at <= {until:DateTime64(3, 'UTC')}"
@@ -241,6 +241,8 @@ class Deleter:
                     await store.run(store.command, f"ALTER TABLE {table} DELETE WHERE {where}", values)
                     await self._gone(claimed, count, values)
                 stored += deleted
+            if version >= PATH_SUMS_VERSION:
+                await self._unknown_path_ages(claimed, table, ended_visitors)
         # Their own events must be gone; events of their visits still arriving are the tombstones' to drop.
         again, _, _ = await self._in_stream(project_id, user_id, claimed.requested_ms)
         if again:
@@ -282,11 +284,26 @@ class Deleter:
             await asyncio.to_thread(self._renew, claimed)
             await asyncio.sleep(MUTATION_POLL_SECONDS)
 
-    def _table(self, project_id: str) -> str | None:
+    async def _unknown_path_ages(self, claimed: Claimed, table: str, visitors: set[int]) -> None:
+        """The path ages of their visitors' other events may count from a deleted event: mark them not
+        known, so breakdowns over them group events instead of summing (query/path_sums.py)."""
+        store, ids = self.stores.events, sorted(visitors)
+        for first in range(0, len(ids), SESSIONS_PER_STATEMENT):
+            where = ("session_id != 0 AND path_visitor_age != 0 AND visitor_id IN {visitors:Array(UInt64)}")
+            values = {"visitors": ids[first:first + SESSIONS_PER_STATEMENT]}
+            count = f"SELECT count() FROM {table} WHERE {where}"
+            ((left,),) = await store.run(store.rows, count, values)
+            if left:
+                await store.run(store.command, f"ALTER TABLE {table} UPDATE path_visitor_age = 0, "
+                                f"path_session_age = 0 WHERE {where}", values)
+                await self._gone(claimed, count, values)
+
+    def _table(self, project_id: str) -> tuple[str | None, int]:
+        """The project's events table (None before it is provisioned) and its schema version."""
         with self.stores.db.session() as session:
             project = session.get(Project, project_id)
-            provisioned = project is not None and project.events_schema_version > 0
-        return f"{database_name(project_id)}.events" if provisioned else None
+            version = project.events_schema_version if project is not None else 0
+        return (f"{database_name(project_id)}.events" if version > 0 else None), version
 
     async def _in_stream(self, project_id: str, user_id: str, until_ms: int, sessions: set[int] = frozenset(),
                          ) -> tuple[list[bytes], set[int], dict[int, int]]:
@@ -333,6 +350,7 @@ class Deleter:
         async with redis.pipeline(transaction=False) as pipe:
             pipe.zrem(f"oa:rt:{project_id}:visitors", *[str(v) for v in visitors])
             pipe.delete(*[f"oa:{kind}:{project_id}:{v}" for v in keyed for kind in ("sess", "acq")])
+            pipe.delete(*[f"oa:vp:{project_id}:{v}" for v in visitors])  # their paths (commit.py)
             await pipe.execute()
 
 
@@ -343,11 +361,19 @@ class Forgotten:
 
     users: dict[str, int]
     sessions: dict[int, tuple[str, int]]
+    _visitors: set[int] | None = None
 
     def covers(self, row: dict) -> bool:
         user = row.get("user_id")
         return ((user in self.users and row.get("received_at", 0) <= self.users[user])
                 or int(row.get("session_id") or 0) in self.sessions)
+
+    def shares_visitor(self, row: dict, noted: dict[str, dict[int, int]]) -> bool:
+        """Whether the row's visitor had a session deleted (or `noted` for deletion)."""
+        if self._visitors is None:
+            self._visitors = {visitor for _, visitor in self.sessions.values()}
+        visitor = int(row.get("visitor_id") or 0)
+        return visitor in self._visitors or any(visitor in sessions.values() for sessions in noted.values())
 
 
 async def forgotten(redis, project_id: str) -> Forgotten:

@@ -57,6 +57,14 @@ EVENT_COLUMNS: dict[str, str] = {
     "session_seq": "UInt32",
     "session_gap_ms": "UInt32",
     "bounce": "Int8",
+    # Per path (commit.py): hours since the visitor's, and the session's, previous event on the same
+    # path, plus 1 (65535: none before; 0: not known, as for events without a session or stored
+    # before these were kept), and on the event that ends a bounce, the path of the session's first
+    # one. Summed, they give a window's visitors, sessions and bounces per path without grouping
+    # events by visitor or session (query/path_sums.py).
+    "path_visitor_age": "UInt16",
+    "path_session_age": "UInt16",
+    "bounce_path": "String",
 }
 
 # The sums of hourly_totals, each as a query must spell it for ClickHouse to read the projection.
@@ -66,6 +74,12 @@ HOURLY_SUMS = (
     "countIf((session_id != 0) AND (event_type = 'pageview'))", "countIf((session_id != 0) AND (session_seq = 0))",
     "sum(revenue)",
 )
+# The sums of hourly_paths and hourly_bounce_paths, spelled as for HOURLY_SUMS.
+PATH_SUMS = (
+    "count()", "countIf(event_type = 'pageview')", "countIf(event_type = 'conversion')", "countIf(bounce = 1)",
+    "countIf(session_id = 0)", "countIf((session_id != 0) AND (path_visitor_age = 0))",
+)
+BOUNCE_PATH_SUMS = ("countIf(bounce = -1)",)
 
 _EVENTS_TABLE = (
     "CREATE TABLE IF NOT EXISTS {db}.events (\n"
@@ -125,6 +139,17 @@ _HOURLY_TOTALS = (
     "ALTER TABLE {db}.events ADD PROJECTION IF NOT EXISTS hourly_totals (SELECT toStartOfHour(timestamp), currency, "
     + ", ".join(HOURLY_SUMS) + " GROUP BY toStartOfHour(timestamp), currency)"
 )
+# Per hour and path (and how long since the visitor and the session were last on it), and per
+# hour and bounce path: what breakdowns by path are made of (query/path_sums.py).
+_HOURLY_PATHS = (
+    "ALTER TABLE {db}.events ADD PROJECTION IF NOT EXISTS hourly_paths (SELECT toStartOfHour(timestamp), path, "
+    "path_visitor_age, path_session_age, " + ", ".join(PATH_SUMS)
+    + " GROUP BY toStartOfHour(timestamp), path, path_visitor_age, path_session_age)"
+)
+_HOURLY_BOUNCE_PATHS = (
+    "ALTER TABLE {db}.events ADD PROJECTION IF NOT EXISTS hourly_bounce_paths (SELECT toStartOfHour(timestamp), "
+    "bounce_path, " + ", ".join(BOUNCE_PATH_SUMS) + " GROUP BY toStartOfHour(timestamp), bounce_path)"
+)
 
 # Append only. Each statement must be idempotent; `{db}` and `{retention_days}` are
 # filled from validated values, never from user input. A step that needs to look first is a
@@ -136,8 +161,12 @@ MIGRATIONS: list[tuple[int, list]] = [
     (3, [*_USAGE_TABLES, _start_counting_usage]),
     (4, ["ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS session_seq UInt32, "
          "ADD COLUMN IF NOT EXISTS session_gap_ms UInt32, ADD COLUMN IF NOT EXISTS bounce Int8", _HOURLY_TOTALS]),
+    (5, ["ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS path_visitor_age UInt16, "
+         "ADD COLUMN IF NOT EXISTS path_session_age UInt16, ADD COLUMN IF NOT EXISTS bounce_path String",
+         _HOURLY_PATHS, _HOURLY_BOUNCE_PATHS]),
 ]
 USAGE_VERSION = 3
+PATH_SUMS_VERSION = 5  # the path columns and projections
 CURRENT_VERSION = MIGRATIONS[-1][0]
 
 

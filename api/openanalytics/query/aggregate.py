@@ -50,7 +50,7 @@ OUTER = (
 COUNTED = {"sessions", "bounce_rate"}
 _TOTALS = ", ".join(f"s.{name} AS {name}" for name in (
     "k", "visitors", "pageviews", "events", "conversions", "sessions", "bounces", "duration_total", "session_pv_total"))
-_ORDER = {
+ORDER_BY = {
     "visitors": "visitors", "pageviews": "pageviews", "sessions": "sessions", "events": "events",
     "conversions": "conversions",
     "revenue": "arraySum(revenue.2)",  # amounts summed across currencies: an order, not a total
@@ -156,7 +156,7 @@ class Aggregate:
     def _page(self, sql: str, params: dict[str, Any], limit: int | None, offset: int) -> tuple[str, dict[str, Any]]:
         if limit is not None:
             first = self.metrics[0] if self.metrics else "events"
-            sql += f" ORDER BY {_ORDER[first]} DESC, events DESC, k LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}"
+            sql += f" ORDER BY {ORDER_BY[first]} DESC, events DESC, k LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}"
             params.update(limit=limit, offset=offset)
         return sql, params
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from openanalytics.auth.dependencies import StatsRead
 from openanalytics.openapi import error_responses
-from openanalytics.query import catalog
+from openanalytics.query import catalog, path_sums
 from openanalytics.query.aggregate import Aggregate, zero
 from openanalytics.query.common import Limit, Offset, QueryEcho, bucket_keys, check_buckets, events_store, scope
 from openanalytics.query.filters import Filters
@@ -91,7 +91,9 @@ async def get_pageviews(
     if found.table is not None:
         totals = await Aggregate(found.table, found.window, found.filters, METRICS).run(store)
         result.totals = Counts(**(totals[0][1] if totals else zero(METRICS)))
-        if group_by is not None:
+        if path_sums.applies(found.window, found.filters, METRICS, group_by, found.project.events_schema_version):
+            rows = await path_sums.run(store, found.table, found.window, METRICS, limit + 1, offset)
+        elif group_by is not None:
             aggregate = Aggregate(found.table, found.window, found.filters, METRICS, group=group_by)
             bucketed = group_by in catalog.BUCKETS
             rows = await aggregate.run(store, limit=None if bucketed else limit + 1, offset=0 if bucketed else offset)

@@ -27,7 +27,6 @@ their sessions short, which grouping counts as short sessions and the sums may n
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from openanalytics.ingest.visitor import SESSION_IDLE
@@ -47,12 +46,13 @@ _START, _EDGE = "{start:DateTime64(3, 'UTC')}", "{edge:DateTime64(3, 'UTC')}"
 
 def applies(window: Window, filters: list, metrics: list[str], schema_version: int) -> bool:
     return (schema_version >= SUMS_VERSION and not filters and bool(SESSION_METRICS & set(metrics))
-            and _whole_hour(window.start) and _whole_hour(window.end))
+            and whole_hours(window))
 
 
-def _whole_hour(moment: datetime) -> bool:
-    """`moment` is in UTC (Window.start, Window.end)."""
-    return moment.minute == 0 and moment.second == 0 and moment.microsecond == 0
+def whole_hours(window: Window) -> bool:
+    """Whether the window starts and ends on whole UTC hours (not so in zones offset by a half hour)."""
+    return all(moment.minute == 0 and moment.second == 0 and moment.microsecond == 0
+               for moment in (window.start, window.end))
 
 
 def sql(table: str, window: Window) -> tuple[str, dict[str, Any]]:

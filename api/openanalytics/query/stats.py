@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from openanalytics.auth.dependencies import StatsRead
 from openanalytics.openapi import error_responses
-from openanalytics.query import catalog, session_sums
+from openanalytics.query import catalog, path_sums, session_sums
 from openanalytics.query.aggregate import Aggregate, zero
 from openanalytics.query.common import (
     Limit, MetricList, Offset, QueryEcho, bucket_keys, check_buckets, events_store, scope,
@@ -151,8 +151,11 @@ async def get_breakdown(
     wanted = catalog.metrics(metrics, SERIES_DEFAULT)
     rows: list = []
     if found.table is not None:
-        aggregate = Aggregate(found.table, found.window, found.filters, wanted, group=dimension)
-        rows = await aggregate.run(events_store(request), limit=limit + 1, offset=offset)
+        if path_sums.applies(found.window, found.filters, wanted, dimension, found.project.events_schema_version):
+            rows = await path_sums.run(events_store(request), found.table, found.window, wanted, limit + 1, offset)
+        else:
+            aggregate = Aggregate(found.table, found.window, found.filters, wanted, group=dimension)
+            rows = await aggregate.run(events_store(request), limit=limit + 1, offset=offset)
     more = len(rows) > limit
     results = [{dimension: key, **values} for key, values in rows[:limit]]
     return Breakdown(**found.echo(), dimension=dimension, metrics=wanted, results=results,
