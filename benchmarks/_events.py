@@ -9,15 +9,16 @@ from datetime import UTC, datetime, timedelta
 
 # 5 events per session (each with its session's source), 3 sessions per visitor, 200 paths,
 # 20 countries, 30 days; one event in ten a custom event, one in fifty a conversion; user ids
-# on every event, 50 events each; each event's place in its session and its path ages as the
-# pipeline records them (every session opens with a pageview; a visitor's 15 events are on 15
+# on every event, 50 events each; each event's place in its session and its ages (per path,
+# and since its visitor's event before) as the pipeline records them (every session opens with a pageview; a visitor's 15 events are on 15
 # different paths).
 # Visitor and session ids are 63-bit hashes, as the pipeline makes them: counting ids gives
 # the same answers, but sequential ids would compress (and read) unrealistically well.
 LOAD_SQL = """
 INSERT INTO {db}.events (event_id, event_type, event_name, timestamp, received_at, origin, visitor_id, session_id,
                          url, hostname, path, referrer_source, country, device, browser, os, revenue, currency, user_id,
-                         session_seq, session_gap_ms, bounce, path_visitor_age, path_session_age, bounce_path)
+                         session_seq, session_gap_ms, bounce, path_visitor_age, path_session_age, bounce_path,
+                         visitor_age)
 SELECT generateUUIDv4(number), t, if(t = 'pageview', '', 'signup'), ts, ts, 'collect',
        bitShiftRight(sipHash64(intDiv(number, 15)), 1) + 1, bitShiftRight(sipHash64(intDiv(number, 5), 7), 1) + 1,
        concat('https://shop.example', p), 'shop.example', p,
@@ -26,7 +27,11 @@ SELECT generateUUIDv4(number), t, if(t = 'pageview', '', 'signup'), ts, ts, 'col
        if(t = 'conversion', toDecimal64(19.99, 4), NULL), if(t = 'conversion', 'EUR', ''),
        concat('user-', toString(intDiv(number, 15) % 200000)),
        number % 5 + 1, if(number % 5 = 0, 0, 40000), multiIf(number % 5 = 0, 1, number % 5 = 1, -1, 0),
-       65535, 65535, if(number % 5 = 1, concat('/p/', toString(((number - 1) * 31) % 200)), '')
+       65535, 65535, if(number % 5 = 1, concat('/p/', toString(((number - 1) * 31) % 200)), ''),
+       if(prev IS NULL, 65535, least(65534, dateDiff('hour', toStartOfHour(assumeNotNull(prev)), toStartOfHour(ts)) + 1))
+FROM (
+SELECT *, lagInFrame(toNullable(ts)) OVER (PARTITION BY intDiv(number, 15) ORDER BY ts, number
+                                           ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS prev
 FROM (
   SELECT number,
          multiIf(number % 50 = 49, 'conversion', number % 10 = 9, 'event', 'pageview') AS t,
@@ -34,7 +39,7 @@ FROM (
          concat('/p/', toString((number * 31) % 200)) AS p,
          ['NL', 'DE', 'US', 'GB', 'FR', 'ES', 'IT', 'SE', 'PL', 'BE', 'AT', 'CH', 'DK', 'NO', 'FI', 'IE', 'PT', 'CZ', 'JP', 'BR'][intDiv(number, 15) % 20 + 1] AS c
   FROM numbers({events:UInt64})
-)
+))
 """
 
 

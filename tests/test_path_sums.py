@@ -29,6 +29,7 @@ from tests.helpers import aggregate_spy, store_events, stored_rows
 from tests.test_collect_pipeline import send
 
 D = datetime.now(UTC).date() - timedelta(days=2)
+D -= timedelta(days=D.weekday() == 0)  # not a Monday: a week bucket opens before a window of D
 BEFORE = D - timedelta(days=1)
 METRICS = ["visitors", "pageviews", "sessions", "bounce_rate", "events", "conversions"]
 
@@ -156,3 +157,19 @@ async def test_filters_and_other_dimensions_are_grouped(client, visits, grouped)
     assert not path_sums.applies(Window(D, D, "UTC"), [], ["session_duration"], "path", 5)
     assert not path_sums.applies(Window(D, D, "UTC"), [], METRICS, "country", 5)
     assert not path_sums.applies(Window(D, D, "UTC"), [], METRICS, "path", 4)
+
+
+async def test_a_visit_a_pod_of_the_version_before_started_leaves_the_ages_unknown(app, stores, worker, tenant):
+    """Its session value names no first path, so its second event cannot say where the bounce it ends
+    was: that event's ages are not known (0), and windows holding it group events."""
+    for minute in (0, 1, 2):
+        app.state.collector.clock = lambda minute=minute: moment(9, minute)
+        await send(app, tenant, url=f"https://shop.example/{minute}")
+        if minute == 0:
+            [key] = [k async for k in stores.redis.scan_iter(match=f"oa:sess:{tenant.id}:*")]
+            value = (await stores.redis.get(key)).decode()
+            assert value.endswith("\n/0"), "the first pageview's path, while the visit is one pageview"
+            await stores.redis.set(key, value.split("\n")[0], px=3_600_000)  # as schema 4's script left it
+    await worker.drain()
+    rows = sorted(await stored_rows(stores, tenant.id, "timestamp, path, path_visitor_age, bounce_path"))
+    assert [row[1:] for row in rows] == [("/0", 65535, ""), ("/1", 0, ""), ("/2", 65535, "")]

@@ -162,10 +162,10 @@ async def test_deletion_takes_the_whole_browser_sessions_the_user_is_in(client, 
     assert left == [(0, "u1"), (600, ""), (600, ""), (600, "u2")]
 
 
-async def test_the_other_visits_of_their_visitors_lose_their_path_ages(client, stores, worker, make_tenant):
-    """u1's visit goes; the same visitor's other visits, stored and still queued, stay, but their path
-    ages may count from a deleted event: they are marked not known (0), so breakdowns by path over
-    them group events (query/path_sums.py). Someone else's visit keeps its ages, and the visitor's
+async def test_the_other_visits_of_their_visitors_lose_their_ages(client, stores, worker, make_tenant):
+    """u1's visit goes; the same visitor's other visits, stored and still queued, stay, but their ages
+    may count from a deleted event: they are marked not known (0), so queries over them group events
+    (query/path_sums.py, query/visitor_sums.py). Someone else's visit keeps its ages, and the visitor's
     kept paths are gone from Redis, so its next events count from none."""
     import orjson
 
@@ -173,7 +173,8 @@ async def test_the_other_visits_of_their_visitors_lose_their_path_ages(client, s
 
     now = datetime.now(UTC)
     tenant = privacy_tenant(make_tenant)
-    aged = {"origin": "collect", "event_type": "pageview", "path_visitor_age": 3, "path_session_age": 65535}
+    aged = {"origin": "collect", "event_type": "pageview", "path_visitor_age": 3, "path_session_age": 65535,
+            "visitor_age": 2}
     await store(stores, tenant, [
         event("u1", now - timedelta(hours=3), visitor_id=7, session_id=500, **aged),
         event("", now - timedelta(hours=2), visitor_id=7, session_id=501, **aged),
@@ -187,8 +188,8 @@ async def test_the_other_visits_of_their_visitors_lose_their_path_ages(client, s
     only(stores, request["request_id"])
     assert await worker.forget() == [request["request_id"]]
     await worker.drain()
-    left = sorted(await stored_rows(stores, tenant.id, "session_id, path_visitor_age, path_session_age"))
-    assert left == [(501, 0, 0), (502, 0, 0), (600, 3, 65535)]
+    left = sorted(await stored_rows(stores, tenant.id, "session_id, path_visitor_age, path_session_age, visitor_age"))
+    assert left == [(501, 0, 0, 0), (502, 0, 0, 0), (600, 3, 65535, 2)]
     assert not await stores.redis.exists(f"oa:vp:{tenant.id}:7")
     assert await stores.redis.exists(f"oa:vp:{tenant.id}:8")
 

@@ -104,11 +104,12 @@ async def test_totals_of_the_day_before_and_of_both(client, visits, grouped):
 
 @pytest.mark.parametrize("zone", ["UTC", "Europe/Amsterdam", "America/New_York"])
 @pytest.mark.parametrize("days", [(0, 0), (-1, -1), (-1, 0), (0, 1)])
-async def test_sums_answer_as_grouping_whole_sessions_does(visits, stores, zone, days):
+@pytest.mark.parametrize("version", [4, 5])  # visitors counted from session starts, or summed from ages
+async def test_sums_answer_as_grouping_whole_sessions_does(visits, stores, zone, days, version):
     window = Window(D + timedelta(days=days[0]), D + timedelta(days=days[1]), zone)
     table = f"{database_name(visits.id)}.events"
-    assert session_sums.applies(window, [], METRICS, 4)
-    row = (await stores.events.run(stores.events.rows, *session_sums.sql(table, window)))[0]
+    assert session_sums.applies(window, [], METRICS, version)
+    row = (await stores.events.run(stores.events.rows, *session_sums.sql(table, window, version)))[0]
     assert row[-1] == 0, "every session event has its place: the sums answer"
     grouped = await Aggregate(table, window, [], METRICS).run(stores.events)
     assert values(row[:-1], METRICS) == (grouped[0][1] if grouped else zero(METRICS))
@@ -130,7 +131,7 @@ async def test_events_stored_without_their_place_are_grouped_by_session_instead(
     await store_events(stores, tenant.id, rows)
     window = Window(D, D, "UTC")
     row = (await stores.events.run(stores.events.rows, *session_sums.sql(f"{database_name(tenant.id)}.events", window)))[0]
-    assert row[-1] == 2, "two session events without a place"
+    assert row[-1] == 2 + 2, "two session events without a place, and the same without a visitor age"
     assert await stats(client, tenant, D, D) == {
         "visitors": 1, "pageviews": 2, "sessions": 1, "bounce_rate": 0.0, "session_duration": 60.0,
         "pages_per_session": 2.0, "events": 2, "conversions": 0, "revenue": {}}
@@ -143,6 +144,7 @@ def test_sums_answer_only_unfiltered_totals_over_whole_hours_with_session_metric
     assert not session_sums.applies(Window(D, D, "Asia/Kolkata"), [], ["bounce_rate"], 4), "a half-hour zone"
     assert not session_sums.applies(whole, ["a filter"], ["bounce_rate"], 4)
     assert not session_sums.applies(whole, [], ["visitors", "pageviews"], 4), "nothing per session: one pass anyway"
+    assert session_sums.applies(whole, [], ["visitors", "pageviews"], 5), "visitors are summed too"
     assert not session_sums.applies(whole, [], ["bounce_rate"], 3), "no places before schema 4"
 
 

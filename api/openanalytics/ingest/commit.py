@@ -76,19 +76,21 @@ local function live(key)
   end
   return nil
 end
--- Per visitor, each path's last event, "hour:session" (the field is the path's key), kept while
--- the visitor can come back: its visits start on one day and each goes on while events come.
-local function path_ages(pid, visitor, sid, field, at)
-  local key, hour = 'oa:vp:' .. pid .. ':' .. visitor, math.floor(at / 3600000)
-  local last, visitor_age, session_age = redis.call('HGET', key, field), 65535, 65535
-  if last then
-    local last_hour, last_sid = string.match(last, '^(%d+):(%d+)$')
-    visitor_age = math.min(math.max(0, hour - tonumber(last_hour)) + 1, 65534)
-    if last_sid == sid then session_age = visitor_age end
+-- Per visitor, each path's last event, "ms:session" (the field is the path's key), and under '*' its
+-- last event on any path; kept while the visitor can come back: its visits start on one day and
+-- each goes on while events come. Ages are hours (of the clock) since then, plus 1 (65535: none).
+local function age(at, last_ms)
+  return math.min(math.max(0, math.floor(at / 3600000) - math.floor(last_ms / 3600000)) + 1, 65534)
+end
+local function ages(last_path, last_seen, sid, at)
+  local path_age, session_age, visitor_age = 65535, 65535, 65535
+  if last_path then
+    local last_ms, last_sid = string.match(last_path, '^(%d+):(%d+)$')
+    path_age = age(at, tonumber(last_ms))
+    if last_sid == sid then session_age = path_age end
   end
-  redis.call('HSET', key, field, string.format('%d', hour) .. ':' .. sid)
-  redis.call('PEXPIRE', key, 86400000 + idle * 2)
-  return visitor_age, session_age
+  if last_seen then visitor_age = age(at, last_seen) end
+  return path_age, session_age, visitor_age
 end
 -- Where a session came from, "source\nJSON members for the row", in a key of its own beside the
 -- session's (so the session's value keeps its form for every version of this script); none for a
@@ -143,14 +145,17 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
       local continued = sid ~= nil
       if continued then source, acquired = acquisition(kept_key) end  -- a new session keeps this hit's
       sid, visitor = sid or fresh, who or visitor
+      local paths_key = 'oa:vp:' .. pid .. ':' .. visitor
+      local last = redis.call('HMGET', paths_key, path_key, '*')
+      local last_seen = last[2] and tonumber(last[2])
+      -- The event's time is its arrival, but never before its visitor's or its session's last event:
+      -- hits that pods with their own clocks commit out of order keep the order (off by as much).
       -- Its place in the session, for sums of session numbers (query/session_sums.py): which event
       -- (0 once unknown), the time since the one before, and +1 for a bounce while the session is
       -- one pageview, -1 when a second event ends that.
-      -- The event's time is its arrival, but never before the session's last event: hits of one visit
-      -- that pods with their own clocks commit out of order keep the session's order (off by as much).
-      local at, seq, gap, bounce, bounce_path = now, 1, 0, 0, ''
+      local at, seq, gap, bounce, bounce_path = math.max(now, last_seen or 0), 1, 0, 0, ''
       if continued then
-        at = math.max(now, last_at)
+        at = math.max(at, last_at)
         seq, gap = (count > 0) and count + 1 or 0, at - last_at
         if seq == 2 and first_pv == '1' then bounce, bounce_path = -1, first_path end
       else
@@ -158,9 +163,15 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
         if first_pv == '1' then bounce = 1 end
       end
       -- Per path (query/path_sums.py): hours since the visitor's and the session's last event on it,
-      -- and where a bounce ends, the path it was on. Not known (0) where the place is not.
-      local visitor_age, session_age = path_ages(pid, visitor, sid, path_key, at)
-      if seq == 0 or bounce_path == nil then visitor_age, session_age, bounce_path = 0, 0, '' end
+      -- and where a bounce ends, the path it was on. Not known (0) where the place is not. And hours
+      -- since the visitor's last event at all (query/visitor_sums.py).
+      local path_age, session_age, visitor_age = ages(last[1], last_seen, sid, at)
+      if continued and not last_seen then  -- the visitor's paths are lost (or a pod of the version before kept none)
+        path_age, session_age, visitor_age = 0, 0, 0
+      end
+      if seq == 0 or bounce_path == nil then path_age, session_age, bounce_path = 0, 0, '' end
+      redis.call('HSET', paths_key, path_key, string.format('%d', at) .. ':' .. sid, '*', string.format('%d', at))
+      redis.call('PEXPIRE', paths_key, 86400000 + idle * 2)
       local kept = sid .. ':' .. string.format('%d', at) .. ':' .. visitor .. ':' .. seq .. ':' .. (first_pv or '0')
       if seq == 1 and first_pv == '1' then kept = kept .. '\n' .. path end
       at = string.format('%d', at)
@@ -175,8 +186,8 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
       -- field 'e' as in buffer.FIELD, which the worker reads
       redis.call('XADD', stream, '*', 'e', row .. acquired .. ',"visitor_id":' .. visitor .. ',"session_id":' .. sid ..
         ',"session_seq":' .. seq .. ',"session_gap_ms":' .. string.format('%d', gap) .. ',"bounce":' .. bounce ..
-        ',"path_visitor_age":' .. visitor_age .. ',"path_session_age":' .. session_age ..
-        ',"bounce_path":' .. cjson.encode(bounce_path) .. ',"timestamp":' .. at .. '}')
+        ',"path_visitor_age":' .. path_age .. ',"path_session_age":' .. session_age ..
+        ',"bounce_path":' .. cjson.encode(bounce_path) .. ',"visitor_age":' .. visitor_age .. ',"timestamp":' .. at .. '}')
       outcome = 'accepted'
       local rt = 'oa:rt:' .. pid
       seen[rt] = seen[rt] or {}

@@ -192,7 +192,7 @@ class Deleter:
         _, visitors, sessions = await self._in_stream(project_id, user_id, claimed.requested_ms)
         await redis.hset(forget_key(project_id), user_id, claimed.requested_ms)
         await redis.expire(forget_key(project_id), TOMBSTONE_SECONDS)
-        table, version = await asyncio.to_thread(self._table, project_id)
+        table, _ = await asyncio.to_thread(self._table, project_id)
         store = self.stores.events
         params = {"user": user_id, "until": datetime.fromtimestamp(claimed.requested_ms / 1000, UTC)}
         theirs = "user_id = {user:String} AND received_at <= {until:DateTime64(3, 'UTC')}"
@@ -234,6 +234,10 @@ class Deleter:
             await asyncio.to_thread(self._renew, claimed)  # a round can take a while with a long stream
         stored = 0
         if table is not None:
+            # First, so no query sums over ages counting from deleted events meanwhile (the version again:
+            # the project may have been upgraded during the rounds).
+            if (await asyncio.to_thread(self._table, project_id))[1] >= PATH_SUMS_VERSION:
+                await self._unknown_ages(claimed, table, ended_visitors)
             for where, values in _statements(theirs, params, sorted(ended_sessions)):
                 count = f"SELECT count() FROM {table} WHERE {where}"
                 ((deleted,),) = await store.run(store.rows, count, values)
@@ -241,8 +245,6 @@ class Deleter:
                     await store.run(store.command, f"ALTER TABLE {table} DELETE WHERE {where}", values)
                     await self._gone(claimed, count, values)
                 stored += deleted
-            if version >= PATH_SUMS_VERSION:
-                await self._unknown_path_ages(claimed, table, ended_visitors)
         # Their own events must be gone; events of their visits still arriving are the tombstones' to drop.
         again, _, _ = await self._in_stream(project_id, user_id, claimed.requested_ms)
         if again:
@@ -284,18 +286,19 @@ class Deleter:
             await asyncio.to_thread(self._renew, claimed)
             await asyncio.sleep(MUTATION_POLL_SECONDS)
 
-    async def _unknown_path_ages(self, claimed: Claimed, table: str, visitors: set[int]) -> None:
-        """The path ages of their visitors' other events may count from a deleted event: mark them not
-        known, so breakdowns over them group events instead of summing (query/path_sums.py)."""
+    async def _unknown_ages(self, claimed: Claimed, table: str, visitors: set[int]) -> None:
+        """The ages of their visitors' other events may count from a deleted event: mark them not known,
+        so queries over them group events instead of summing (query/path_sums.py, visitor_sums.py)."""
         store, ids = self.stores.events, sorted(visitors)
         for first in range(0, len(ids), SESSIONS_PER_STATEMENT):
-            where = ("session_id != 0 AND path_visitor_age != 0 AND visitor_id IN {visitors:Array(UInt64)}")
+            where = ("session_id != 0 AND (path_visitor_age != 0 OR visitor_age != 0) "
+                     "AND visitor_id IN {visitors:Array(UInt64)}")
             values = {"visitors": ids[first:first + SESSIONS_PER_STATEMENT]}
             count = f"SELECT count() FROM {table} WHERE {where}"
             ((left,),) = await store.run(store.rows, count, values)
             if left:
                 await store.run(store.command, f"ALTER TABLE {table} UPDATE path_visitor_age = 0, "
-                                f"path_session_age = 0 WHERE {where}", values)
+                                f"path_session_age = 0, visitor_age = 0 WHERE {where}", values)
                 await self._gone(claimed, count, values)
 
     def _table(self, project_id: str) -> tuple[str | None, int]:

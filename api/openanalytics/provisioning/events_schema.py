@@ -65,6 +65,9 @@ EVENT_COLUMNS: dict[str, str] = {
     "path_visitor_age": "UInt16",
     "path_session_age": "UInt16",
     "bounce_path": "String",
+    # The same for the visitor on any path: summed, a window's (or a time bucket's) visitors without
+    # hashing visitor ids (query/visitor_sums.py).
+    "visitor_age": "UInt16",
 }
 
 # The sums of hourly_totals, each as a query must spell it for ClickHouse to read the projection.
@@ -80,6 +83,11 @@ PATH_SUMS = (
     "countIf(session_id = 0)", "countIf((session_id != 0) AND (path_visitor_age = 0))",
 )
 BOUNCE_PATH_SUMS = ("countIf(bounce = -1)",)
+# The sums of hourly_visitors, spelled as for HOURLY_SUMS.
+VISITOR_SUMS = (
+    "count()", "countIf(event_type = 'pageview')", "countIf(event_type = 'conversion')",
+    "countIf((session_id != 0) AND (visitor_age = 0))",
+)
 
 _EVENTS_TABLE = (
     "CREATE TABLE IF NOT EXISTS {db}.events (\n"
@@ -139,16 +147,21 @@ _HOURLY_TOTALS = (
     "ALTER TABLE {db}.events ADD PROJECTION IF NOT EXISTS hourly_totals (SELECT toStartOfHour(timestamp), currency, "
     + ", ".join(HOURLY_SUMS) + " GROUP BY toStartOfHour(timestamp), currency)"
 )
-# Per hour and path (and how long since the visitor and the session were last on it), and per
-# hour and bounce path: what breakdowns by path are made of (query/path_sums.py).
-_HOURLY_PATHS = (
-    "ALTER TABLE {db}.events ADD PROJECTION IF NOT EXISTS hourly_paths (SELECT toStartOfHour(timestamp), path, "
-    "path_visitor_age, path_session_age, " + ", ".join(PATH_SUMS)
-    + " GROUP BY toStartOfHour(timestamp), path, path_visitor_age, path_session_age)"
-)
-_HOURLY_BOUNCE_PATHS = (
-    "ALTER TABLE {db}.events ADD PROJECTION IF NOT EXISTS hourly_bounce_paths (SELECT toStartOfHour(timestamp), "
-    "bounce_path, " + ", ".join(BOUNCE_PATH_SUMS) + " GROUP BY toStartOfHour(timestamp), bounce_path)"
+# Per hour and path (and how long since the visitor and the session were last on it), per hour and
+# bounce path, and per hour and visitor age: what breakdowns by path (query/path_sums.py) and
+# visitors in totals and time series (query/visitor_sums.py) are made of.
+# One statement: every ALTER costs a provisioning (of each project) a round of its own.
+_PATHS_AND_VISITORS = (
+    "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS path_visitor_age UInt16, "
+    "ADD COLUMN IF NOT EXISTS path_session_age UInt16, ADD COLUMN IF NOT EXISTS bounce_path String, "
+    "ADD COLUMN IF NOT EXISTS visitor_age UInt16, "
+    "ADD PROJECTION IF NOT EXISTS hourly_paths (SELECT toStartOfHour(timestamp), path, path_visitor_age, "
+    "path_session_age, " + ", ".join(PATH_SUMS)
+    + " GROUP BY toStartOfHour(timestamp), path, path_visitor_age, path_session_age), "
+    "ADD PROJECTION IF NOT EXISTS hourly_bounce_paths (SELECT toStartOfHour(timestamp), bounce_path, "
+    + ", ".join(BOUNCE_PATH_SUMS) + " GROUP BY toStartOfHour(timestamp), bounce_path), "
+    "ADD PROJECTION IF NOT EXISTS hourly_visitors (SELECT toStartOfHour(timestamp), visitor_age, "
+    + ", ".join(VISITOR_SUMS) + " GROUP BY toStartOfHour(timestamp), visitor_age)"
 )
 
 # Append only. Each statement must be idempotent; `{db}` and `{retention_days}` are
@@ -161,9 +174,7 @@ MIGRATIONS: list[tuple[int, list]] = [
     (3, [*_USAGE_TABLES, _start_counting_usage]),
     (4, ["ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS session_seq UInt32, "
          "ADD COLUMN IF NOT EXISTS session_gap_ms UInt32, ADD COLUMN IF NOT EXISTS bounce Int8", _HOURLY_TOTALS]),
-    (5, ["ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS path_visitor_age UInt16, "
-         "ADD COLUMN IF NOT EXISTS path_session_age UInt16, ADD COLUMN IF NOT EXISTS bounce_path String",
-         _HOURLY_PATHS, _HOURLY_BOUNCE_PATHS]),
+    (5, [_PATHS_AND_VISITORS]),
 ]
 USAGE_VERSION = 3
 PATH_SUMS_VERSION = 5  # the path columns and projections

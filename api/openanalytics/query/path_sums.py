@@ -35,8 +35,7 @@ from typing import Any
 from openanalytics.ingest.visitor import SESSION_IDLE
 from openanalytics.provisioning.events_schema import BOUNCE_PATH_SUMS, PATH_SUMS, PATH_SUMS_VERSION
 from openanalytics.query.aggregate import ORDER_BY, RANGE_SQL, Aggregate, values
-from openanalytics.query.session_sums import whole_hours
-from openanalytics.query.window import Window
+from openanalytics.query.window import Window, whole_hours
 
 METRICS = {"visitors", "pageviews", "events", "conversions", "sessions", "bounce_rate"}
 _HOURS = (

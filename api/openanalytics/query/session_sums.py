@@ -30,10 +30,11 @@ from __future__ import annotations
 from typing import Any
 
 from openanalytics.ingest.visitor import SESSION_IDLE
-from openanalytics.provisioning.events_schema import HOURLY_SUMS
+from openanalytics.provisioning.events_schema import HOURLY_SUMS, PATH_SUMS_VERSION
+from openanalytics.query import visitor_sums
 from openanalytics.query.aggregate import RANGE_SQL, Aggregate, values, zero
 from openanalytics.query.catalog import SESSION_METRICS
-from openanalytics.query.window import Window
+from openanalytics.query.window import Window, whole_hours
 
 SUMS_VERSION = 4  # the events schema that has the columns and the projection
 _HOURS = (
@@ -45,33 +46,35 @@ _START, _EDGE = "{start:DateTime64(3, 'UTC')}", "{edge:DateTime64(3, 'UTC')}"
 
 
 def applies(window: Window, filters: list, metrics: list[str], schema_version: int) -> bool:
-    return (schema_version >= SUMS_VERSION and not filters and bool(SESSION_METRICS & set(metrics))
-            and whole_hours(window))
+    """From schema 5 visitors are summed too, so the sums answer any metrics; before, totals without
+    session metrics are one pass over the events anyway."""
+    wanted = schema_version >= PATH_SUMS_VERSION or bool(SESSION_METRICS & set(metrics))
+    return schema_version >= SUMS_VERSION and not filters and wanted and whole_hours(window)
 
 
-def whole_hours(window: Window) -> bool:
-    """Whether the window starts and ends on whole UTC hours (not so in zones offset by a half hour)."""
-    return all(moment.minute == 0 and moment.second == 0 and moment.microsecond == 0
-               for moment in (window.start, window.end))
-
-
-def sql(table: str, window: Window) -> tuple[str, dict[str, Any]]:
-    """One row: the columns of aggregate.values, then how many session events in the window have no place."""
-    params = window.params()
+def sql(table: str, window: Window, schema_version: int = PATH_SUMS_VERSION) -> tuple[str, dict[str, Any]]:
+    """One row: the columns of aggregate.values, then how many session events in the window have no place
+    (or, from schema 5, no visitor age)."""
+    params = visitor_sums.params(window)
     params["edge"] = min(window.end, window.start + 2 * SESSION_IDLE)
+    if schema_version >= PATH_SUMS_VERSION:
+        visitors, unknown = f"CROSS JOIN {visitor_sums.totals_sql(table)} AS v ", "s.unknown + v.unknown"
+    else:
+        # A visitor's sessions in the window each have a start in it or are going on, with a first event
+        # before the edge: the visitors of those events and of sessionless ones are all the visitors,
+        # hashed once per session instead of once per event.
+        visitors, unknown = (
+            f"CROSS JOIN (SELECT uniqExact(visitor_id) AS visitors FROM {table} PREWHERE visitor_id != 0 AND "
+            f"(session_id = 0 OR session_seq = 1 OR timestamp < {_EDGE}) WHERE {RANGE_SQL}) AS v ", "s.unknown")
     statement = (
         "SELECT v.visitors, s.pageviews, s.events, s.conversions, s.starts + e.ongoing AS sessions, "
         "toInt64(s.bounces) + e.bounce_fix AS bounces, s.gaps - e.ongoing_gap AS duration_total, s.session_pv, "
-        "s.revenue, s.unknown FROM "
+        f"s.revenue, {unknown} FROM "
         "(SELECT sum(events) AS events, sum(pageviews) AS pageviews, sum(conversions) AS conversions, "
         "sum(starts) AS starts, sum(gaps) AS gaps, sum(bounces) AS bounces, sum(session_pv) AS session_pv, "
         "sum(unknown) AS unknown, sumMapIf([toString(currency)], [assumeNotNull(amount)], amount IS NOT NULL) AS revenue "
         f"FROM (SELECT currency, {_SUMS} FROM {table} WHERE {_HOURS} GROUP BY currency)) AS s "
-        # A visitor's sessions in the window each have a start in it or are going on, with a first event
-        # before the edge: the visitors of those events and of sessionless ones are all the visitors,
-        # hashed once per session instead of once per event.
-        f"CROSS JOIN (SELECT uniqExact(visitor_id) AS visitors FROM {table} PREWHERE visitor_id != 0 AND "
-        f"(session_id = 0 OR session_seq = 1 OR timestamp < {_EDGE}) WHERE {RANGE_SQL}) AS v "
+        + visitors +
         # Sessions going on when the window opens: each one's first event in the window.
         "CROSS JOIN (SELECT countIf(going) AS ongoing, sumIf(first_gap, going) AS ongoing_gap, "
         "sumIf(toInt64(first_pv AND n = 1) - first_bounce, going) AS bounce_fix FROM "
@@ -85,9 +88,9 @@ def sql(table: str, window: Window) -> tuple[str, dict[str, Any]]:
     return statement, params
 
 
-async def totals(store, table: str, window: Window, metrics: list[str]) -> dict[str, Any]:
+async def totals(store, table: str, window: Window, metrics: list[str], schema_version: int) -> dict[str, Any]:
     """The window's totals, from sums where every session event has its place, else per session."""
-    rows = await store.run(store.rows, *sql(table, window))
+    rows = await store.run(store.rows, *sql(table, window, schema_version))
     if rows and rows[0][-1] == 0:
         return values(rows[0][:-1], metrics)
     found = await Aggregate(table, window, [], metrics).run(store)

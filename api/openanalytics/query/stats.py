@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from openanalytics.auth.dependencies import StatsRead
 from openanalytics.openapi import error_responses
-from openanalytics.query import catalog, path_sums, session_sums
+from openanalytics.query import catalog, path_sums, session_sums, visitor_sums
 from openanalytics.query.aggregate import Aggregate, zero
 from openanalytics.query.common import (
     Limit, MetricList, Offset, QueryEcho, bucket_keys, check_buckets, events_store, scope,
@@ -80,7 +80,8 @@ async def _totals(request: Request, found, metrics: list[str], span) -> dict[str
     if found.table is None:
         return zero(metrics)
     if session_sums.applies(span, found.filters, metrics, found.project.events_schema_version):
-        return await session_sums.totals(events_store(request), found.table, span, metrics)
+        return await session_sums.totals(events_store(request), found.table, span, metrics,
+                                         found.project.events_schema_version)
     rows = await Aggregate(found.table, span, found.filters, metrics).run(events_store(request))
     return rows[0][1] if rows else zero(metrics)
 
@@ -126,8 +127,12 @@ async def get_timeseries(
     wanted = catalog.metrics(metrics, SERIES_DEFAULT)
     by_bucket: dict[str, dict[str, Any]] = {}
     if found.table is not None:
-        aggregate = Aggregate(found.table, found.window, found.filters, wanted, group=interval)
-        by_bucket = dict(await aggregate.run(events_store(request)))
+        if visitor_sums.applies(found.window, found.filters, wanted, interval, found.project.events_schema_version):
+            by_bucket = dict(await visitor_sums.series(events_store(request), found.table, found.window, wanted,
+                                                       interval))
+        else:
+            aggregate = Aggregate(found.table, found.window, found.filters, wanted, group=interval)
+            by_bucket = dict(await aggregate.run(events_store(request)))
     results = [{"bucket": key, **(by_bucket.get(key) or zero(wanted))} for key in bucket_keys(interval, found.window)]
     return Series(**found.echo(), interval=interval, metrics=wanted, results=results)
 

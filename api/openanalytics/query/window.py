@@ -111,3 +111,16 @@ def previous_window(span: Window, retention_days: int) -> Window:
             "or leave out compare", "range_beyond_retention",
         )
     return before
+
+
+def whole_hours(window: Window) -> bool:
+    """Whether every day of the window starts and ends on a whole UTC hour: not so in zones offset by
+    a half hour, nor in one whose summer time moves it by half an hour (Australia/Lord_Howe)."""
+    return _whole_hour_days(window.timezone, window.first, window.last)
+
+
+@lru_cache(maxsize=1024)
+def _whole_hour_days(timezone: str, first: date, last: date) -> bool:
+    zone = ZoneInfo(timezone)
+    return all(datetime.combine(first + timedelta(days=n), time.min, zone).utcoffset().total_seconds() % 3600 == 0
+               for n in range((last - first).days + 2))

@@ -194,8 +194,8 @@ class Flusher:
                         noted.setdefault(row["user_id"], {})[session] = int(row.get("visitor_id") or 0)
                     continue
                 if row.get("session_id") and forget.shares_visitor(row, noted):
-                    # Its visitor's path ages may count from a deleted event: not known (query/path_sums.py).
-                    row["path_visitor_age"] = row["path_session_age"] = 0
+                    # Its visitor's ages may count from a deleted event: not known (query/path_sums.py).
+                    row["path_visitor_age"] = row["path_session_age"] = row["visitor_age"] = 0
                 try:
                     items.append((message_id, to_columns(row)))
                 except Exception:
