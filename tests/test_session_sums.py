@@ -173,3 +173,16 @@ async def test_hits_of_a_visit_committed_out_of_order_keep_its_order(app, stores
     rows = sorted(await stored_rows(stores, tenant.id, "session_seq, timestamp, session_gap_ms, bounce"))
     assert [(seq, at.replace(tzinfo=UTC), gap, bounce) for seq, at, gap, bounce in rows] == [
         (1, moment(10, 1), 0, 1), (2, moment(10, 1), 0, -1), (3, moment(10, 2), 60_000, 0)]
+
+
+async def test_events_stored_with_places_but_no_visitor_ages_are_summed_still(client, stores, tenant, grouped):
+    """As events stored under schema 4: a visit of two pageviews; its visitor is counted from its start."""
+    ms = int(moment(10, 0).timestamp() * 1000)
+    rows = [{"event_id": f"00000000-0000-4000-8000-00000000000{n}", "event_type": "pageview", "timestamp": ms + n * 60_000,
+             "received_at": ms + n * 60_000, "origin": "collect", "visitor_id": 2, "session_id": 21, "path": "/",
+             "session_seq": n + 1, "session_gap_ms": n * 60_000, "bounce": 1 - 2 * n} for n in range(2)]
+    await store_events(stores, tenant.id, rows)
+    assert await stats(client, tenant, D, D) == {
+        "visitors": 1, "pageviews": 2, "sessions": 1, "bounce_rate": 0.0, "session_duration": 60.0,
+        "pages_per_session": 2.0, "events": 2, "conversions": 0, "revenue": {}}
+    assert grouped == [], "summed, with the visitors of session starts"

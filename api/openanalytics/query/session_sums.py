@@ -89,9 +89,13 @@ def sql(table: str, window: Window, schema_version: int = PATH_SUMS_VERSION) -> 
 
 
 async def totals(store, table: str, window: Window, metrics: list[str], schema_version: int) -> dict[str, Any]:
-    """The window's totals, from sums where every session event has its place, else per session."""
-    rows = await store.run(store.rows, *sql(table, window, schema_version))
-    if rows and rows[0][-1] == 0:
-        return values(rows[0][:-1], metrics)
+    """The window's totals, from sums where every session event has its place, else per session.
+
+    Events stored before schema 5 have places but no visitor ages: their visitors are counted from the
+    events that start sessions instead."""
+    for version in dict.fromkeys((schema_version, SUMS_VERSION)):
+        rows = await store.run(store.rows, *sql(table, window, version))
+        if rows and rows[0][-1] == 0:
+            return values(rows[0][:-1], metrics)
     found = await Aggregate(table, window, [], metrics).run(store)
     return found[0][1] if found else zero(metrics)
