@@ -22,8 +22,7 @@ from itertools import product
 import pytest
 
 from openanalytics.provisioning.events_schema import database_name
-from openanalytics.query import path_sums
-from openanalytics.query import stats as stats_endpoints
+from openanalytics.query import path_sums, session_sums
 from openanalytics.query.aggregate import Aggregate
 from openanalytics.query.window import Window
 from tests.helpers import aggregate_spy, store_events, stored_rows
@@ -66,7 +65,7 @@ async def visits(app, client, stores, worker, tenant):
 @pytest.fixture
 def grouped(monkeypatch) -> list:
     """The breakdowns grouped instead of summed."""
-    return aggregate_spy(monkeypatch, path_sums, stats_endpoints)
+    return aggregate_spy(monkeypatch, path_sums, session_sums)
 
 
 async def breakdown(client, tenant, first, last, zone="UTC", metrics=METRICS, **params) -> list[dict]:

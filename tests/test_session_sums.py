@@ -21,7 +21,6 @@ import pytest
 
 from openanalytics.provisioning.events_schema import database_name
 from openanalytics.query import session_sums
-from openanalytics.query import stats as stats_endpoints
 from openanalytics.query.aggregate import Aggregate, values, zero
 from openanalytics.query.window import Window
 from tests.helpers import aggregate_spy, store_events, stored_rows
@@ -64,7 +63,7 @@ async def visits(app, client, stores, worker, tenant):
 @pytest.fixture
 def grouped(monkeypatch) -> list:
     """The windows /stats grouped by session for, instead of summing."""
-    return aggregate_spy(monkeypatch, session_sums, stats_endpoints)
+    return aggregate_spy(monkeypatch, session_sums)
 
 
 async def stats(client, tenant, first, last, zone="UTC") -> dict:

@@ -11,7 +11,6 @@ import pytest
 
 from openanalytics.provisioning.events_schema import database_name
 from openanalytics.query import session_sums, visitor_sums
-from openanalytics.query import stats as stats_endpoints
 from openanalytics.query.aggregate import Aggregate, values
 from openanalytics.query.window import Window
 from tests.helpers import aggregate_spy, store_events, stored_rows
@@ -24,7 +23,7 @@ METRICS = ["visitors", "pageviews", "events", "conversions"]
 @pytest.fixture
 def grouped(monkeypatch) -> list:
     """The queries that counted visitor ids instead of summing."""
-    return aggregate_spy(monkeypatch, visitor_sums, session_sums, stats_endpoints)
+    return aggregate_spy(monkeypatch, visitor_sums, session_sums)
 
 
 async def series(client, tenant, first, last, interval, zone="UTC") -> list[dict]:

@@ -32,6 +32,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -239,12 +240,7 @@ class Deleter:
             if (await asyncio.to_thread(self._table, project_id))[1] >= PATH_SUMS_VERSION:
                 await self._unknown_ages(claimed, table, ended_visitors)
             for where, values in _statements(theirs, params, sorted(ended_sessions)):
-                count = f"SELECT count() FROM {table} WHERE {where}"
-                ((deleted,),) = await store.run(store.rows, count, values)
-                if deleted:
-                    await store.run(store.command, f"ALTER TABLE {table} DELETE WHERE {where}", values)
-                    await self._gone(claimed, count, values)
-                stored += deleted
+                stored += await self._mutate(claimed, table, "DELETE", where, values)
         # Their own events must be gone; events of their visits still arriving are the tombstones' to drop.
         again, _, _ = await self._in_stream(project_id, user_id, claimed.requested_ms)
         if again:
@@ -272,34 +268,33 @@ class Deleter:
                 raise RuntimeError("events read before the deletion are still being stored; retrying later")
             await asyncio.sleep(0.2)
 
-    async def _gone(self, claimed: Claimed, count_sql: str, params: dict) -> None:
-        """Wait for the mutation by watching the user's rows (not system.mutations, where another
-        stuck mutation would hold this one up), renewing the lease meanwhile."""
-        store = self.stores.events
+    async def _mutate(self, claimed: Claimed, table: str, action: str, where: str, values: dict) -> int:
+        """`ALTER TABLE <table> <action> WHERE <where>` if any row matches, waited for by watching those rows
+        (not system.mutations, where another stuck mutation would hold this one up), renewing the lease
+        meanwhile. Returns how many rows matched."""
+        store, count = self.stores.events, f"SELECT count() FROM {table} WHERE {where}"
+        ((matched,),) = await store.run(store.rows, count, values)
+        if not matched:
+            return 0
+        await store.run(store.command, f"ALTER TABLE {table} {action} WHERE {where}", values)
         deadline = asyncio.get_running_loop().time() + MUTATION_SECONDS
         while True:
-            ((left,),) = await store.run(store.rows, count_sql, params)
+            ((left,),) = await store.run(store.rows, count, values)
             if not left:
-                return
+                return matched
             if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"{left} events of the user are still stored")
+                raise RuntimeError(f"{left} events still match after ALTER TABLE {action.split()[0]}")
             await asyncio.to_thread(self._renew, claimed)
             await asyncio.sleep(MUTATION_POLL_SECONDS)
 
     async def _unknown_ages(self, claimed: Claimed, table: str, visitors: set[int]) -> None:
         """The ages of their visitors' other events may count from a deleted event: mark them not known,
         so queries over them group events instead of summing (query/path_sums.py, visitor_sums.py)."""
-        store, ids = self.stores.events, sorted(visitors)
-        for first in range(0, len(ids), SESSIONS_PER_STATEMENT):
-            where = ("session_id != 0 AND (path_visitor_age != 0 OR visitor_age != 0) "
-                     "AND visitor_id IN {visitors:Array(UInt64)}")
-            values = {"visitors": ids[first:first + SESSIONS_PER_STATEMENT]}
-            count = f"SELECT count() FROM {table} WHERE {where}"
-            ((left,),) = await store.run(store.rows, count, values)
-            if left:
-                await store.run(store.command, f"ALTER TABLE {table} UPDATE path_visitor_age = 0, "
-                                f"path_session_age = 0, visitor_age = 0 WHERE {where}", values)
-                await self._gone(claimed, count, values)
+        where = "session_id != 0 AND (path_visitor_age != 0 OR visitor_age != 0) AND visitor_id IN {visitors:Array(UInt64)}"
+        ids = sorted(visitors)
+        for first in range(0, len(ids), SESSIONS_PER_STATEMENT):  # ids travel in the URL, as in _statements
+            await self._mutate(claimed, table, "UPDATE path_visitor_age = 0, path_session_age = 0, visitor_age = 0",
+                               where, {"visitors": ids[first:first + SESSIONS_PER_STATEMENT]})
 
     def _table(self, project_id: str) -> tuple[str | None, int]:
         """The project's events table (None before it is provisioned) and its schema version."""
@@ -364,7 +359,10 @@ class Forgotten:
 
     users: dict[str, int]
     sessions: dict[int, tuple[str, int]]
-    _visitors: set[int] | None = None
+
+    @cached_property
+    def visitors(self) -> set[int]:
+        return {visitor for _, visitor in self.sessions.values()}
 
     def covers(self, row: dict) -> bool:
         user = row.get("user_id")
@@ -373,10 +371,8 @@ class Forgotten:
 
     def shares_visitor(self, row: dict, noted: dict[str, dict[int, int]]) -> bool:
         """Whether the row's visitor had a session deleted (or `noted` for deletion)."""
-        if self._visitors is None:
-            self._visitors = {visitor for _, visitor in self.sessions.values()}
         visitor = int(row.get("visitor_id") or 0)
-        return visitor in self._visitors or any(visitor in sessions.values() for sessions in noted.values())
+        return visitor in self.visitors or any(visitor in sessions.values() for sessions in noted.values())
 
 
 async def forgotten(redis, project_id: str) -> Forgotten:

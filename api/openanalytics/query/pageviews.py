@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 from openanalytics.auth.dependencies import StatsRead
 from openanalytics.openapi import error_responses
-from openanalytics.query import catalog, path_sums
-from openanalytics.query.aggregate import Aggregate, zero
+from openanalytics.query import catalog, path_sums, session_sums
+from openanalytics.query.aggregate import zero
 from openanalytics.query.common import Limit, Offset, QueryEcho, bucket_keys, check_buckets, events_store, scope
 from openanalytics.query.filters import Filters
 from openanalytics.query.window import DateFrom, DateTo, Timezone
@@ -89,14 +89,11 @@ async def get_pageviews(
     store = events_store(request)
     rows: list = []
     if found.table is not None:
-        totals = await Aggregate(found.table, found.window, found.filters, METRICS).run(store)
-        result.totals = Counts(**(totals[0][1] if totals else zero(METRICS)))
-        if path_sums.applies(found.window, found.filters, METRICS, group_by, found.project.events_schema_version):
-            rows = await path_sums.run(store, found.table, found.window, METRICS, limit + 1, offset)
-        elif group_by is not None:
-            aggregate = Aggregate(found.table, found.window, found.filters, METRICS, group=group_by)
+        result.totals = Counts(**await session_sums.window_totals(store, found, METRICS, found.window))
+        if group_by is not None:
             bucketed = group_by in catalog.BUCKETS
-            rows = await aggregate.run(store, limit=None if bucketed else limit + 1, offset=0 if bucketed else offset)
+            rows = await path_sums.grouped(store, found, METRICS, group_by, None if bucketed else limit + 1,
+                                           0 if bucketed else offset)
     if group_by in catalog.BUCKETS:
         found_buckets = dict(rows)
         result.results = [{group_by: key, **(found_buckets.get(key) or zero(METRICS))}

@@ -99,3 +99,12 @@ async def run(store, table: str, window: Window, metrics: list[str], limit: int,
     if all(row[-1] == 0 for row in rows):
         return [(row[0], values(row[1:-1], metrics)) for row in rows]
     return await Aggregate(table, window, [], metrics, group="path").run(store, limit, offset)
+
+
+async def grouped(store, found, metrics: list[str], group: str, limit: int | None, offset: int = 0) -> list:
+    """Rows by `group` for the query `found` (query/common.py scope), summed where this module applies,
+    else grouped."""
+    schema = found.project.events_schema_version
+    if limit is not None and applies(found.window, found.filters, metrics, group, schema):
+        return await run(store, found.table, found.window, metrics, limit, offset)
+    return await Aggregate(found.table, found.window, found.filters, metrics, group=group).run(store, limit, offset)

@@ -99,3 +99,13 @@ async def totals(store, table: str, window: Window, metrics: list[str], schema_v
             return values(rows[0][:-1], metrics)
     found = await Aggregate(table, window, [], metrics).run(store)
     return found[0][1] if found else zero(metrics)
+
+
+async def window_totals(store, found, metrics: list[str], window: Window) -> dict[str, Any]:
+    """Totals over `window` for the query `found` (query/common.py scope): summed where this module
+    applies, else grouped."""
+    schema = found.project.events_schema_version
+    if applies(window, found.filters, metrics, schema):
+        return await totals(store, found.table, window, metrics, schema)
+    rows = await Aggregate(found.table, window, found.filters, metrics).run(store)
+    return rows[0][1] if rows else zero(metrics)

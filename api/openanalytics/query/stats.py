@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from openanalytics.auth.dependencies import StatsRead
 from openanalytics.openapi import error_responses
 from openanalytics.query import catalog, path_sums, session_sums, visitor_sums
-from openanalytics.query.aggregate import Aggregate, zero
+from openanalytics.query.aggregate import zero
 from openanalytics.query.common import (
     Limit, MetricList, Offset, QueryEcho, bucket_keys, check_buckets, events_store, scope,
 )
@@ -79,11 +79,7 @@ class Breakdown(QueryEcho):
 async def _totals(request: Request, found, metrics: list[str], span) -> dict[str, Any]:
     if found.table is None:
         return zero(metrics)
-    if session_sums.applies(span, found.filters, metrics, found.project.events_schema_version):
-        return await session_sums.totals(events_store(request), found.table, span, metrics,
-                                         found.project.events_schema_version)
-    rows = await Aggregate(found.table, span, found.filters, metrics).run(events_store(request))
-    return rows[0][1] if rows else zero(metrics)
+    return await session_sums.window_totals(events_store(request), found, metrics, span)
 
 
 @router.get(
@@ -127,12 +123,7 @@ async def get_timeseries(
     wanted = catalog.metrics(metrics, SERIES_DEFAULT)
     by_bucket: dict[str, dict[str, Any]] = {}
     if found.table is not None:
-        if visitor_sums.applies(found.window, found.filters, wanted, interval, found.project.events_schema_version):
-            by_bucket = dict(await visitor_sums.series(events_store(request), found.table, found.window, wanted,
-                                                       interval))
-        else:
-            aggregate = Aggregate(found.table, found.window, found.filters, wanted, group=interval)
-            by_bucket = dict(await aggregate.run(events_store(request)))
+        by_bucket = dict(await visitor_sums.bucketed(events_store(request), found, wanted, interval))
     results = [{"bucket": key, **(by_bucket.get(key) or zero(wanted))} for key in bucket_keys(interval, found.window)]
     return Series(**found.echo(), interval=interval, metrics=wanted, results=results)
 
@@ -156,11 +147,7 @@ async def get_breakdown(
     wanted = catalog.metrics(metrics, SERIES_DEFAULT)
     rows: list = []
     if found.table is not None:
-        if path_sums.applies(found.window, found.filters, wanted, dimension, found.project.events_schema_version):
-            rows = await path_sums.run(events_store(request), found.table, found.window, wanted, limit + 1, offset)
-        else:
-            aggregate = Aggregate(found.table, found.window, found.filters, wanted, group=dimension)
-            rows = await aggregate.run(events_store(request), limit=limit + 1, offset=offset)
+        rows = await path_sums.grouped(events_store(request), found, wanted, dimension, limit + 1, offset)
     more = len(rows) > limit
     results = [{dimension: key, **values} for key, values in rows[:limit]]
     return Breakdown(**found.echo(), dimension=dimension, metrics=wanted, results=results,

@@ -97,3 +97,11 @@ async def series(store, table: str, window: Window, metrics: list[str], group: s
     if all(row[-1] == 0 for row in rows):
         return [(row[0], values(row[1:-1], metrics)) for row in rows]
     return await Aggregate(table, window, [], metrics, group=group).run(store)
+
+
+async def bucketed(store, found, metrics: list[str], group: str) -> list[tuple[Any, dict]]:
+    """Rows per bucket for the query `found` (query/common.py scope), summed where this module applies,
+    else counted."""
+    if applies(found.window, found.filters, metrics, group, found.project.events_schema_version):
+        return await series(store, found.table, found.window, metrics, group)
+    return await Aggregate(found.table, found.window, found.filters, metrics, group=group).run(store)
