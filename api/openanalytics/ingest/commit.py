@@ -108,13 +108,11 @@ local function next_text()
   at = stop + 1
   return text
 end
-local outcomes, listed, drops = {}, {}, {}
--- Realtime state, summed over the batch and written once per key at the end (see realtime.py).
-local seen, counts, ranks = {}, {}, {}
-local function rank(key, member)
-  local members = ranks[key] or {}
-  ranks[key] = members
-  members[member] = (members[member] or 0) + 1
+-- Per project: the hits Verify lists (their texts are put together only for the newest `keep`), and
+-- the realtime state, summed over the batch and written once per key at the end (see realtime.py).
+local outcomes, listed, drops, realtime = {}, {}, {}, {}
+local function tally(counted, member)
+  counted[member] = (counted[member] or 0) + 1
 end
 for _, f in ipairs(cjson.decode(ARGV[6])) do
   local kind, pid, iptag, iplimit, sitelimit = f[1], f[2], f[3], f[4], f[5]
@@ -187,25 +185,31 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
       redis.call('XADD', stream, '*', 'e', row .. acquired .. ',"visitor_id":' .. visitor .. ',"session_id":' .. sid ..
         ',"session_seq":' .. seq .. ',"session_gap_ms":' .. string.format('%d', gap) .. ',"bounce":' .. bounce ..
         ',"path_visitor_age":' .. path_age .. ',"path_session_age":' .. session_age ..
-        ',"bounce_path":' .. cjson.encode(bounce_path) .. ',"visitor_age":' .. visitor_age .. ',"timestamp":' .. at .. '}')
+        ',"bounce_path":' .. (bounce_path == '' and '""' or cjson.encode(bounce_path)) .. ',"visitor_age":' .. visitor_age .. ',"timestamp":' .. at .. '}')
       outcome = 'accepted'
-      local rt = 'oa:rt:' .. pid
-      seen[rt] = seen[rt] or {}
-      seen[rt][visitor] = math.max(seen[rt][visitor] or 0, now)
+      local rt = realtime[pid]
+      if not rt then
+        rt = {seen = {}, minutes = {}}
+        realtime[pid] = rt
+      end
+      if (rt.seen[visitor] or 0) < now then rt.seen[visitor] = now end
       if event_type == 'pageview' then
-        local minute = ':' .. math.floor(now / 60000)
-        counts[rt .. ':pv' .. minute] = (counts[rt .. ':pv' .. minute] or 0) + 1
-        rank(rt .. ':pages' .. minute, path)
-        rank(rt .. ':sources' .. minute, source)
+        local minute = math.floor(now / 60000)
+        local counted = rt.minutes[minute]
+        if not counted then
+          counted = {pv = 0, pages = {}, sources = {}}
+          rt.minutes[minute] = counted
+        end
+        counted.pv = counted.pv + 1
+        tally(counted.pages, path)
+        tally(counted.sources, source)
       end
     end
   end
-  local id = 'null'
-  if outcome == 'accepted' then id = '"' .. event_id .. '"' end
   if listable then
     local arrived = listed[pid] or {}
     listed[pid] = arrived
-    arrived[#arrived + 1] = arrival .. ',"outcome":"' .. outcome .. '","event_id":' .. id .. '}'
+    arrived[#arrived + 1], arrived[#arrived + 2], arrived[#arrived + 3] = arrival, outcome, event_id
   end
   if outcome ~= 'accepted' then
     local counted = 'oa:drops:' .. pid .. ':' .. day
@@ -219,9 +223,13 @@ for key, n in pairs(site_spent) do
 end
 -- Only the newest `keep` arrivals stay listed: older ones of this batch are never pushed.
 for pid, arrived in pairs(listed) do
-  local key = 'oa:arrivals:' .. pid
-  each_chunk({unpack(arrived, math.max(1, #arrived - keep + 1))}, 1000,
-    function(...) redis.call('LPUSH', key, ...) end)
+  local key, texts = 'oa:arrivals:' .. pid, {}
+  for n = math.max(1, #arrived - 3 * keep + 1), #arrived, 3 do  -- arrival, outcome, event id
+    local outcome, id = arrived[n + 1], 'null'
+    if outcome == 'accepted' then id = '"' .. arrived[n + 2] .. '"' end
+    texts[#texts + 1] = arrived[n] .. ',"outcome":"' .. outcome .. '","event_id":' .. id .. '}'
+  end
+  each_chunk(texts, 1000, function(...) redis.call('LPUSH', key, ...) end)
   redis.call('LTRIM', key, 0, keep - 1)
   redis.call('EXPIRE', key, ttl)
 end
@@ -230,24 +238,27 @@ for key, reasons in pairs(drops) do
   redis.call('EXPIRE', key, ttl * 2)
 end
 local recent, minutes = tonumber(ARGV[7]), tonumber(ARGV[8])
-for rt, visitors in pairs(seen) do
-  local key, latest, scored = rt .. ':visitors', 0, {}
-  for visitor, last in pairs(visitors) do
+local function ranked(key, members)
+  for member, n in pairs(members) do redis.call('ZINCRBY', key, n, member) end
+  redis.call('PEXPIRE', key, recent + 60000)
+end
+for pid, rt in pairs(realtime) do
+  local prefix, latest, scored = 'oa:rt:' .. pid, 0, {}
+  for visitor, last in pairs(rt.seen) do
     scored[#scored + 1], scored[#scored + 2] = last, visitor
     latest = math.max(latest, last)
   end
   -- an even chunk size: a score never parts from its member
-  each_chunk(scored, 1000, function(...) redis.call('ZADD', key, 'GT', ...) end)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('(%d', latest - recent))
-  redis.call('PEXPIRE', key, recent)
-end
-for key, n in pairs(counts) do
-  redis.call('INCRBY', key, n)
-  redis.call('PEXPIRE', key, minutes * 60000)
-end
-for key, members in pairs(ranks) do
-  for member, n in pairs(members) do redis.call('ZINCRBY', key, n, member) end
-  redis.call('PEXPIRE', key, recent + 60000)
+  each_chunk(scored, 1000, function(...) redis.call('ZADD', prefix .. ':visitors', 'GT', ...) end)
+  redis.call('ZREMRANGEBYSCORE', prefix .. ':visitors', '-inf', string.format('(%d', latest - recent))
+  redis.call('PEXPIRE', prefix .. ':visitors', recent)
+  for minute, counted in pairs(rt.minutes) do
+    local suffix = ':' .. string.format('%d', minute)
+    redis.call('INCRBY', prefix .. ':pv' .. suffix, counted.pv)
+    redis.call('PEXPIRE', prefix .. ':pv' .. suffix, minutes * 60000)
+    ranked(prefix .. ':pages' .. suffix, counted.pages)
+    ranked(prefix .. ':sources' .. suffix, counted.sources)
+  end
 end
 -- One string, not an array: parsing thousands of replies costs the client more than Redis.
 return table.concat(outcomes, ',')
