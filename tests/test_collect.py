@@ -359,3 +359,41 @@ async def test_line_breaks_in_a_hit_reach_the_store_intact(client, stores, worke
     assert_silent(await client.post("/collect", json=body))
     await worker.drain()
     assert await stored_rows(stores, tenant.id, "event_name, properties") == [("two\nlines", {"note": "a\r\nb\n"})]
+
+
+def test_the_plain_pageview_path_answers_as_the_model_does():
+    """The tracker's pageview skips CollectIn (collect.plain_pageview_row): for every mix of its fields'
+    values, plain and odd, it gives the model's row or leaves the item to the model."""
+    from itertools import product
+
+    from openanalytics.ingest.collect import Dropped, model_row, plain_pageview_row
+
+    long_url = "https://shop.example/" + "a" * 2100
+    values = {
+        "url": [None, PAGE, "https://shop.example", "http://x.example/a?b=1#c", "", "/relative", "ftp://shop.example/",
+                long_url, long_url[:2048], 7, ["https://shop.example/"]],
+        "referrer": [None, "", "https://www.google.com/", "x" * 2048, "x" * 2049, 5],
+        "screen_width": [None, 0, 1440, 65535, 65536, -1, True, 1440.0, "1440"],
+        "language": [None, "en-US", "", "x" * 35, "x" * 36, 1],
+        "event_type": [None, "pageview", "event", "PAGEVIEW", 0],
+    }
+    absent = object()
+    fast = 0
+    for combination in product(*([absent, *options] for options in values.values())):
+        item = {"site_id": "site_0123456789abcdef"}
+        item.update({k: v for k, v in zip(values, combination, strict=True) if v is not absent})
+        for extra in ({}, {"event_name": "x"}, {"timestamp": 1}, {"unknown": 1}):
+            plain = plain_pageview_row({**item, **extra}, "p1", 1_000)
+            try:
+                row, referrer = model_row({**item, **extra}, "p1", 1_000)
+            except Dropped:
+                assert plain is None, (item, extra)
+                continue
+            if plain is None:
+                continue
+            fast += 1
+            assert {**plain, "event_id": ""} == {**row, "event_id": ""}, (item, extra)
+            assert list(plain) == list(row), "the same members in the same order"
+            assert referrer == item.get("referrer")
+    # Every mix of plain values takes it: 6 urls (absent too), 5 referrers, widths and languages, 2 event types.
+    assert fast == 6 * 5 * 5 * 5 * 2

@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openanalytics import telemetry
 from openanalytics.ingest.collect import (
-    CORS, Collector, DropReason, Dropped, Site, parse_items, salt_days, site_id_of,
+    CORS, Collector, DropReason, Dropped, Site, parse_items, salt_days, site_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,8 @@ class Intake:
 
         The batch's sites and salts are looked up first, together; then each request runs the steps."""
         parsed, others = [], []
-        for body, peer, headers, received, parent in batch:
+        for body, peer, headers, moment, parent in batch:
+            received = int(moment.timestamp() * 1000)
             try:
                 items = parse_items(body, self.collector.settings.collect_max_batch)
             except Dropped as dropped:
@@ -170,10 +171,10 @@ class Intake:
                 others += unattributed
         return fields, others
 
-    async def _sites_of(self, items: Iterable[dict[str, Any]]) -> dict[str | None, Site | None]:
-        sites: dict[str | None, Site | None] = {None: None}
+    async def _sites_of(self, items: Iterable[dict[str, Any]]) -> dict[str, Site | None]:
+        sites: dict[str, Site | None] = {}
         missing = []
-        for site_id in {site_id_of(item) for item in items} - {None}:
+        for site_id in site_ids(items):
             found, site, fresh = self.collector.sites.peek(site_id)
             if found and fresh:
                 sites[site_id] = site
@@ -183,9 +184,9 @@ class Intake:
             sites.update(zip(missing, await asyncio.gather(*(self.collector.site(site_id) for site_id in missing))))
         return sites
 
-    async def _salts_of(self, moments: Iterable[datetime]) -> dict[str, bytes]:
-        """The salts of the days of `moments`, and of the day before where a session may go on from it."""
-        days = sorted({day for moment in moments for day in salt_days(int(moment.timestamp() * 1000))})
+    async def _salts_of(self, moments: Iterable[int]) -> dict[str, bytes]:
+        """The salts of the days of `moments` (epoch ms), and of the day before where a session may go on from it."""
+        days = sorted({day for moment in moments for day in salt_days(moment)})
         return dict(zip(days, await asyncio.gather(*(self.collector.salts.for_day(day) for day in days)), strict=True))
 
     async def store(self, fields: list[list], others: list[str], held: int = 0) -> None:
