@@ -397,3 +397,23 @@ def test_the_plain_pageview_path_answers_as_the_model_does():
             assert referrer == item.get("referrer")
     # Every mix of plain values takes it: 6 urls (absent too), 5 referrers, widths and languages, 2 event types.
     assert fast == 6 * 5 * 5 * 5 * 2
+
+
+async def test_bodies_without_a_declared_length_are_held_to_the_limit_whole_or_in_parts():
+    from openanalytics.ingest.collect import DropReason, Dropped
+    from openanalytics.ingest.intake import _read_body
+
+    def arriving(*chunks: bytes):
+        messages = iter([{"type": "http.request", "body": c, "more_body": n < len(chunks) - 1}
+                         for n, c in enumerate(chunks)])
+
+        async def receive():
+            return next(messages)
+        return receive
+
+    assert await _read_body(arriving(b"x" * 10), None, 10) == b"x" * 10
+    assert await _read_body(arriving(b"x" * 6, b"y" * 4), None, 10) == b"x" * 6 + b"y" * 4
+    for chunks in ((b"x" * 11,), (b"x" * 6, b"y" * 5), (b"", b"x" * 11)):
+        with pytest.raises(Dropped) as dropped:
+            await _read_body(arriving(*chunks), None, 10)
+        assert dropped.value.reason is DropReason.too_large

@@ -284,8 +284,13 @@ async def _read_body(receive: Receive, declared: str | None, limit: int) -> byte
         message = await receive()
         if message["type"] != "http.request":
             raise Dropped(DropReason.malformed)  # the client went away
-        body += message.get("body", b"")
         more = message.get("more_body", False)
+        if not more and not body:  # the whole body in one message, as nearly always: no copy
+            chunk = message.get("body", b"")
+            if len(chunk) > limit:
+                raise Dropped(DropReason.too_large)
+            return chunk
+        body += message.get("body", b"")
         if len(body) > limit:
             raise Dropped(DropReason.too_large)
     return bytes(body)
