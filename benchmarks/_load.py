@@ -67,6 +67,14 @@ async def load(port: int, request: bytes | list[bytes], seconds: float, connecti
     return Result(len(latencies) / (time.perf_counter() - started), latencies)
 
 
+def run(main) -> None:
+    """Run a load benchmark's `main()` on uvloop: the generator then costs about 9 µs of CPU per
+    request instead of 24 on asyncio's own loop, CPU the servers it measures would lack (2 cores)."""
+    import uvloop
+
+    uvloop.run(main)
+
+
 def load_arguments(doc: str, **more: int):
     """--seconds, --rounds and --connections, the options of the load benchmarks, and `more` integer
     options with their defaults."""

@@ -13,14 +13,13 @@ the in-process fakeredis of each server.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
 import tempfile
 from pathlib import Path
 
-from _load import cli, free_port, http_request, load, start_server
+from _load import cli, free_port, http_request, load, run, start_server
 
 REDIS_URL = "redis://127.0.0.1:6379/15"  # the tests use 9-12
 def serve(port: int, limits: bool) -> None:
@@ -99,4 +98,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())

@@ -13,7 +13,6 @@ counts until every hit it answered is on the stream, and the run fails if any is
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import ipaddress
 import json
@@ -22,7 +21,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from _load import cli, cpu_seconds, free_port, http_request, load, load_arguments, start_server, wait_stored
+from _load import cli, cpu_seconds, free_port, http_request, load, load_arguments, run, start_server, wait_stored
 
 REDIS_URL = "redis://127.0.0.1:6379/15"  # the tests use 9-12
 FULL = "full /collect pipeline"
@@ -179,4 +178,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())

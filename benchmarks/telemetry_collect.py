@@ -12,13 +12,12 @@ round of each is reported.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import tempfile
 from pathlib import Path
 
-from _load import cpu_seconds, free_port, load, load_arguments, start_server, wait_stored
+from _load import cpu_seconds, free_port, load, load_arguments, run, start_server, wait_stored
 from collect_pipeline import REDIS_URL, collect_request
 
 
@@ -119,4 +118,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())
