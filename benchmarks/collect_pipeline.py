@@ -1,7 +1,7 @@
 """/collect with the full pipeline against real Redis, beside a bare ASGI app answering 204,
 both measured in the same run on the same machine, one server process each.
 
-    python benchmarks/collect_pipeline.py [--seconds 3] [--rounds 5] [--connections 32] [--visitors 2000]
+    python benchmarks/collect_pipeline.py [--seconds 3] [--rounds 5] [--connections 32] [--visitors 2000] [--parts 1]
 
 Needs Redis on 127.0.0.1:6379 (database 15 is flushed). The requests come from `--visitors`
 different addresses (behind a trusted proxy, as with an ingress) with some 60 different
@@ -9,6 +9,7 @@ browsers, on 50 pages, so the caches see a realistic mix; `--visitors 1` sends o
 over and over. Rounds alternate between the two servers; the median round's requests/s and
 its p50/p99 latency are reported. /collect answers before it stores, so a full round's rate
 counts until every hit it answered is on the stream, and the run fails if any is missing.
+`--parts 1` adds two servers that leave part of the work out (see serve_part), to show where the time goes.
 """
 
 from __future__ import annotations
@@ -58,6 +59,25 @@ def serve_full(port: int) -> None:
     gc.collect()
     gc.freeze()  # as the CLI does
     uvicorn.run(served(app), host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False)
+
+
+PARTS = {"queue": "answers and queues only (no steps)", "steps": "steps, no Redis call"}
+
+
+def serve_part(port: int, part: str) -> None:
+    """The full server with part of its work left out, to show where the time goes (`--parts 1`):
+    "queue" answers and queues each request but runs no steps, "steps" runs them but stores nothing."""
+    from openanalytics.ingest.intake import Intake
+
+    if part == "queue":
+        async def no_steps(self, batch):
+            return [], ["skipped"] * len(batch)
+        Intake.prepare_batch = no_steps
+    else:
+        async def not_stored(self, fields, others, held=0):
+            self._held -= held
+        Intake.store = not_stored
+    serve_full(port)
 
 
 def redis_cpu(client) -> float:
@@ -122,7 +142,7 @@ def collect_request(env: dict) -> bytes:
 
 
 async def main() -> None:
-    args = load_arguments(__doc__, visitors=2000)
+    args = load_arguments(__doc__, visitors=2000, parts=0)
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()
@@ -135,9 +155,12 @@ async def main() -> None:
             env["OA_GEOIP_PATH"] = str(geo)
         request = collect_requests(env, args.visitors)
         servers = {}
-        for label, target in (("bare ASGI 204", "serve_bare"), (FULL, "serve_full")):
+        targets = [("bare ASGI 204", "serve_bare({port})"), (FULL, "serve_full({port})")]
+        targets += [(label, f"serve_part({{port}}, {part!r})") for part, label in PARTS.items()] if args.parts else []
+        for n, (label, target) in enumerate(targets):
             port = free_port()
-            servers[label] = (port, start_server(f"import collect_pipeline as m; m.{target}({port})", env, port))
+            own = dict(env, OA_DATA_DIR=str(Path(tmp) / f"data-{n}"))  # an embedded store each
+            servers[label] = (port, start_server(f"import collect_pipeline as m; m.{target.format(port=port)}", own, port))
         results: dict[str, list] = {label: [] for label in servers}
         sent = 0  # requests the full pipeline answered: each must end up on the stream
         stream = redis.Redis.from_url(REDIS_URL)
