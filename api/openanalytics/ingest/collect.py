@@ -265,7 +265,7 @@ def _seen(task: asyncio.Future) -> None:
 def site_ids(items: Iterable[dict[str, Any]]) -> set[str]:
     """The valid site ids the items name."""
     named = {site_id for item in items if type(site_id := item.get("site_id")) is str}
-    return {site_id for site_id in named if SITE_ID.match(site_id)}
+    return {site_id for site_id in named if SITE_ID.fullmatch(site_id)}  # match's $ allows a final newline
 
 
 class Collector:

@@ -52,7 +52,10 @@ def source_for(referrer: str | None, page_host: str) -> tuple[str, str]:
     """(referrer to keep, source name). Self-referrals give ("", ""); unknown hosts are their own name."""
     if not referrer:
         return "", ""
-    host = (split_url(referrer).hostname or "").lower()
+    try:
+        host = (split_url(referrer).hostname or "").lower()
+    except ValueError:  # e.g. "http://[x": no source to name, and no reason to lose the hit
+        return "", ""
     if not host:
         return "", ""
     host = _strip_www(host)

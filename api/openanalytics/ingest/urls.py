@@ -13,5 +13,8 @@ def split_url(url: str) -> SplitResult:
 
 @lru_cache(maxsize=4096)
 def is_absolute_http(url: str) -> bool:
-    parts = split_url(url)
+    try:
+        parts = split_url(url)
+    except ValueError:  # e.g. "http://[x": not a URL at all
+        return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
