@@ -371,8 +371,8 @@ def test_the_plain_pageview_path_answers_as_the_model_does():
     long_url = "https://shop.example/" + "a" * 2100
     values = {
         "url": [None, PAGE, "https://shop.example", "http://x.example/a?b=1#c", "", "/relative", "ftp://shop.example/",
-                long_url, long_url[:2048], 7, ["https://shop.example/"]],
-        "referrer": [None, "", "https://www.google.com/", "x" * 2048, "x" * 2049, 5],
+                long_url, long_url[:2048], 7, ["https://shop.example/"], "http://[x", "http://a\uff03b@c/"],
+        "referrer": [None, "", "https://www.google.com/", "http://[x", "x" * 2048, "x" * 2049, 5],
         "screen_width": [None, 0, 1440, 65535, 65536, -1, True, 1440.0, "1440"],
         "language": [None, "en-US", "", "x" * 35, "x" * 36, 1],
         "event_type": [None, "pageview", "event", "PAGEVIEW", 0],
@@ -395,8 +395,29 @@ def test_the_plain_pageview_path_answers_as_the_model_does():
             assert {**plain, "event_id": ""} == {**row, "event_id": ""}, (item, extra)
             assert list(plain) == list(row), "the same members in the same order"
             assert referrer == item.get("referrer")
-    # Every mix of plain values takes it: 6 urls (absent too), 5 referrers, widths and languages, 2 event types.
-    assert fast == 6 * 5 * 5 * 5 * 2
+    # Every mix of plain values takes it: 6 urls (absent too), 6 referrers, 5 widths and languages, 2 event types.
+    assert fast == 6 * 6 * 5 * 5 * 2
+
+
+def test_a_site_id_is_the_whole_text():
+    from openanalytics.ingest.collect import site_ids
+
+    good = "site_0123456789abcdef"
+    assert site_ids([{"site_id": good}, {"site_id": good + "\n"}, {"site_id": " " + good}, {"site_id": [good]}]) == {good}
+
+
+async def test_odd_urls_referrers_and_lengths_are_dropped_or_kept_alone(client, stores, worker, tenant, monkeypatch):
+    """A URL or referrer urlsplit cannot take, or a declared length that is digits but not ASCII ones,
+    concerns that hit alone: no failure, and the good hit beside it is stored."""
+    outcomes = counted(monkeypatch)
+    batch = [hit(tenant.site_id, url="http://[x"), hit(tenant.site_id, referrer="http://[x")]
+    assert_silent(await client.post("/collect", json=batch))
+    odd_length = {"Content-Length": "\u00b2".encode("latin-1"), "Content-Type": "text/plain"}
+    assert_silent(await client.post("/collect", content=orjson.dumps(hit(tenant.site_id)), headers=odd_length))
+    await worker.drain()
+    assert await stored_rows(stores, tenant.id, "referrer") == [("",)]
+    assert "failed" not in outcomes
+    assert outcomes.get("invalid") == 1 and outcomes.get("too_large") == 1
 
 
 async def test_bodies_without_a_declared_length_are_held_to_the_limit_whole_or_in_parts():
@@ -411,9 +432,9 @@ async def test_bodies_without_a_declared_length_are_held_to_the_limit_whole_or_i
             return next(messages)
         return receive
 
-    assert await _read_body(arriving(b"x" * 10), None, 10) == b"x" * 10
-    assert await _read_body(arriving(b"x" * 6, b"y" * 4), None, 10) == b"x" * 6 + b"y" * 4
+    assert await _read_body(arriving(b"x" * 10), 10) == b"x" * 10
+    assert await _read_body(arriving(b"x" * 6, b"y" * 4), 10) == b"x" * 6 + b"y" * 4
     for chunks in ((b"x" * 11,), (b"x" * 6, b"y" * 5), (b"", b"x" * 11)):
         with pytest.raises(Dropped) as dropped:
-            await _read_body(arriving(*chunks), None, 10)
+            await _read_body(arriving(*chunks), 10)
         assert dropped.value.reason is DropReason.too_large

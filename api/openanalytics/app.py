@@ -122,3 +122,13 @@ async def settle(queue: intake.Intake) -> None:
 def served(app: FastAPI):
     """What the server runs: /collect answered before FastAPI's own middleware stack too."""
     return intake.CollectEndpoint(app, app.state.intake)
+
+
+def http_protocol(app: FastAPI) -> type | str:
+    """The HTTP protocol the server runs: uvicorn's httptools one, answering plain /collect hits itself
+    (without httptools, where it has no wheel, uvicorn's own choice and the app answers them all)."""
+    try:
+        from openanalytics.ingest.protocol import collect_protocol
+    except ImportError:
+        return "auto"
+    return collect_protocol(app.state.intake) or "auto"

@@ -77,7 +77,7 @@ def main() -> None:
 def _serve(with_worker: bool, host: str | None, port: int | None) -> None:
     import uvicorn
 
-    from openanalytics.app import create_app, served
+    from openanalytics.app import create_app, http_protocol, served
     from openanalytics.runtime import Stores
 
     from openanalytics import telemetry
@@ -98,6 +98,7 @@ def _serve(with_worker: bool, host: str | None, port: int | None) -> None:
     uvicorn.run(
         served(app), host=host or settings.host, port=port or settings.port, log_level="info",
         access_log=False, proxy_headers=False, log_config=None,  # our handlers (JSON lines)
+        http=http_protocol(app),
     )
 
 

@@ -1,7 +1,8 @@
 """The /collect intake: requests read and answered at once, then stored in batches.
 
-Nothing about a hit reaches its response, so the response goes first: `CollectEndpoint`
-reads a request, queues it here and answers `204`. The processor task takes what queued up,
+Nothing about a hit reaches its response, so the response goes first: the server's HTTP
+protocol (protocol.py), or for hits it leaves to the ASGI app `CollectEndpoint`, reads a
+request, queues it here and answers `204`. The processor task takes what queued up,
 up to `MAX_BATCH` requests (waiting `LINGER_SECONDS` for company unless `BATCH_TARGET` are
 waiting), looks up the batch's sites and salts together, runs each request through the
 collector's steps, and stores the batch in one Redis script call (commit.py). One call is
@@ -204,6 +205,32 @@ class Intake:
         if telemetry.enabled():
             telemetry.count_collect(outcomes)
 
+    def take(self, body: bytes | None, peer: str, headers: list[tuple[bytes, bytes]], parent: str | None = None) -> bool:
+        """Queue a request read whole (`body` None: it went past the size limit) with its raw headers;
+        never raises. False if it was dropped here, and then its outcome is counted."""
+        try:
+            wanted = _wanted_headers(headers)
+            declared = wanted.get("content-length")
+            limit = self.collector.settings.collect_max_body_bytes
+            if body is None or declared is not None and not (declared.isascii() and declared.isdigit()
+                                                             and int(declared) <= limit):
+                raise Dropped(DropReason.too_large)
+            if self.submit(body, peer, wanted, parent):
+                return True
+            outcome = DropReason.overloaded.value
+        except Dropped as dropped:
+            outcome = dropped.reason.value  # nothing attributable to a site
+        except Exception:  # the public endpoint never answers 5xx
+            self.log_failure()
+            outcome = "failed"
+        self.count_dropped(outcome)
+        return False
+
+    @staticmethod
+    def count_dropped(outcome: str) -> None:
+        if telemetry.enabled():
+            telemetry.count_collect([outcome])
+
     def log_failure(self, why: str = "collect failed", kind: str = "failed") -> None:
         """Log a failure (with the exception being handled, if any), at most once in a while per kind."""
         now = time.monotonic()
@@ -227,7 +254,8 @@ class CollectEndpoint:
             await self.app(scope, receive, send)
             return
         if scope["method"] == "POST":
-            if telemetry.collect_sampled():
+            sampled = scope.get(SAMPLED)  # decided already where the server's protocol passed the hit on
+            if sampled if sampled is not None else telemetry.collect_sampled():
                 timer = telemetry.Timer()
                 with telemetry.collect_span(**{"http.request.method": "POST", "http.route": "/collect",
                                                "http.response.status_code": 204}):
@@ -241,32 +269,39 @@ class CollectEndpoint:
 
     async def _receive(self, scope: Scope, receive: Receive, parent: str | None = None) -> None:
         """Read the request and queue it; never raises. Its outcomes are counted when it is stored."""
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+        if declared is not None and not (declared.isdigit() and int(declared) <= self.limit):
+            self.intake.count_dropped(DropReason.too_large.value)  # refused before a byte of it is read
+            return
         try:
-            headers = _wanted_headers(scope)
-            body = await _read_body(receive, headers.get("content-length"), self.limit)
-            peer = scope["client"][0] if scope.get("client") else ""
-            if self.intake.submit(body, peer, headers, parent):
-                await self.intake.room()
-                return
-            outcome = DropReason.overloaded.value
-        except Dropped as dropped:
-            outcome = dropped.reason.value  # nothing attributable to a site (too large, malformed)
+            body = await _read_body(receive, self.limit)
+        except Dropped as dropped:  # nothing attributable to a site (too large, the client went away)
+            self.intake.count_dropped(dropped.reason.value)
+            return
         except Exception:  # the public endpoint never answers 5xx
             self.intake.log_failure()
-            outcome = "failed"
-        if telemetry.enabled():
-            telemetry.count_collect([outcome])
+            self.intake.count_dropped("failed")
+            return
+        peer = scope["client"][0] if scope.get("client") else ""
+        if self.intake.take(body, peer, scope["headers"], parent):
+            await self.intake.room()
 
 
+SAMPLED = "oa.collect_sampled"  # scope key: protocol.py's decision to trace a hit it passes on to the app
 _WANTED = {b"user-agent", b"accept-language", b"content-length", b"x-forwarded-for"}
 _PREFLIGHT_HEADERS = [(k.lower().encode(), v.encode()) for k, v in CORS.items()]
 # A browser reads only Allow-Origin on the answer itself; the rest matter to the preflight.
 _ANSWER_HEADERS = [(b"access-control-allow-origin", CORS["Access-Control-Allow-Origin"].encode())]
 
 
-def _wanted_headers(scope: Scope) -> dict[str, str]:
+def answer_headers() -> list[tuple[bytes, bytes]]:
+    """The headers of the answer to a hit (protocol.py writes it too)."""
+    return _ANSWER_HEADERS
+
+
+def _wanted_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     found: dict[str, str] = {}
-    for name, value in scope["headers"]:
+    for name, value in headers:
         if name in _WANTED:
             key = name.decode()
             text = value.decode("latin-1")
@@ -275,9 +310,8 @@ def _wanted_headers(scope: Scope) -> dict[str, str]:
     return found
 
 
-async def _read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise Dropped(DropReason.too_large)
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The request's body, read whole (a declared length past `limit` is refused before it is read)."""
     body = bytearray()
     more = True
     while more:
