@@ -14,12 +14,14 @@ counts until every hit it answered is on the stream, and the run fails if any is
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import ipaddress
 import json
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 
 from _load import cli, cpu_seconds, free_port, http_request, load, load_arguments, run, start_server, wait_stored
@@ -50,7 +52,7 @@ def serve_bare(port: int) -> None:
 def serve_full(port: int) -> None:
     import uvicorn
 
-    from openanalytics.app import create_app, served
+    from openanalytics.app import create_app, http_protocol, served
     from openanalytics.config import Settings
     from openanalytics.runtime import Stores
 
@@ -58,7 +60,8 @@ def serve_full(port: int) -> None:
     app = create_app(stores, owns_stores=True)
     gc.collect()
     gc.freeze()  # as the CLI does
-    uvicorn.run(served(app), host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False)
+    uvicorn.run(served(app), host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False,
+                http=http_protocol(app))
 
 
 PARTS = {"queue": "answers and queues only (no steps)", "steps": "steps, no Redis call"}
@@ -66,7 +69,8 @@ PARTS = {"queue": "answers and queues only (no steps)", "steps": "steps, no Redi
 
 def serve_part(port: int, part: str) -> None:
     """The full server with part of its work left out, to show where the time goes (`--parts 1`):
-    "queue" answers and queues each request but runs no steps, "steps" runs them but stores nothing."""
+    "queue" answers and queues each request but runs no steps, "steps" runs them (sites and salts
+    still come from Redis, once per batch) but stores nothing."""
     from openanalytics.ingest.intake import Intake
 
     if part == "queue":
@@ -78,6 +82,17 @@ def serve_part(port: int, part: str) -> None:
             self._held -= held
         Intake.store = not_stored
     serve_full(port)
+
+
+async def wait_idle(pid: int, quiet: float = 0.05) -> float:
+    """Seconds until a server stops using CPU: a part server stores nothing to wait for, but may
+    still be running the steps over what it answered."""
+    started = time.perf_counter()
+    while True:
+        before = cpu_seconds(pid)
+        await asyncio.sleep(quiet)
+        if cpu_seconds(pid) == before:
+            return max(0.0, time.perf_counter() - started - quiet)
 
 
 def redis_cpu(client) -> float:
@@ -175,6 +190,8 @@ async def main() -> None:
                     if label == FULL:  # the rate counts until the last answered hit is on the stream
                         sent += len(result.latencies)
                         result.rate = len(result.latencies) / (args.seconds + await wait_stored(stream, sent))
+                    elif label in PARTS.values():  # ...or until the server is done with what it answered
+                        result.rate = len(result.latencies) / (args.seconds + await wait_idle(proc.pid))
                     result.cpu_us = (cpu_seconds(proc.pid) - before) / len(result.latencies) * 1e6
                     result.redis_us = (redis_cpu(stream) - redis_before) / len(result.latencies) * 1e6
                     results[label].append(result)
