@@ -348,6 +348,19 @@ async def test_a_session_keeps_where_it_came_from_on_every_event(app, stores, wo
     assert len({r[1] for r in found[:4]}) == 1 and found[4][1] == found[5][1] != found[0][1]
 
 
+async def test_a_visitors_paths_outlive_each_of_its_events_by_a_day_and_two_idle_times(app, stores, tenant):
+    """The ages of a visit starting tomorrow count from today's events (query/path_sums.py): each
+    event gives the visitor's paths hash a day and two idle times again."""
+    start = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+    lifetime = 24 * 3_600_000 + 2 * 30 * 60_000
+    for n in range(2):
+        app.state.collector.clock = lambda n=n: start + timedelta(minutes=25 * n)
+        await send(app, tenant)
+        (key,) = await stores.redis.keys(f"oa:vp:{tenant.id}:*")
+        assert lifetime - 60_000 < await stores.redis.pttl(key) <= lifetime, n
+        await stores.redis.pexpire(key, 5_000)  # as if most of its lifetime had passed
+
+
 async def test_a_visit_keeps_its_source_as_long_as_it_goes_on(app, stores, worker, tenant):
     """The source's key lives as long as its session: each hit gives it the session's lifetime again."""
     start = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
