@@ -74,6 +74,20 @@ async def store_events(stores: Stores, project_id: str, events: list[dict]) -> N
                             [to_columns(e) for e in events], COLUMNS, token=uuid.uuid4().hex)
 
 
+def one_visit(start_ms: int, **more) -> list[dict]:
+    """Stored rows of two pageviews on "/" a minute apart, of visitor 2's session 21, with no places or
+    ages, as events stored before a schema added them; `more`: column -> value by the event's index."""
+    return [{"event_id": f"00000000-0000-4000-8000-00000000000{n}", "event_type": "pageview",
+             "timestamp": start_ms + n * 60_000, "received_at": start_ms + n * 60_000, "origin": "collect",
+             "visitor_id": 2, "session_id": 21, "path": "/", **{name: value(n) for name, value in more.items()}}
+            for n in range(2)]
+
+
+async def query_plan(stores: Stores, statement: str, params: dict) -> str:
+    """ClickHouse's EXPLAIN of a statement: which tables and projections it reads."""
+    return "\n".join(line for (line,) in await stores.events.run(stores.events.rows, "EXPLAIN " + statement, params))
+
+
 async def stream_length(stores: Stores) -> int:
     return await stores.redis.xlen(stores.settings.stream_key)
 

@@ -25,7 +25,7 @@ from openanalytics.provisioning.events_schema import database_name
 from openanalytics.query import path_sums, session_sums
 from openanalytics.query.aggregate import Aggregate
 from openanalytics.query.window import Window
-from tests.helpers import aggregate_spy, store_events, stored_rows
+from tests.helpers import aggregate_spy, one_visit, query_plan, store_events, stored_rows
 from tests.test_collect_pipeline import send
 
 D = datetime.now(UTC).date() - timedelta(days=2)
@@ -134,16 +134,14 @@ async def test_sums_answer_as_grouping_does(visits, stores):
 
 async def test_the_sums_are_read_from_the_hourly_projections(visits, stores):
     statement, params = path_sums.sql(f"{database_name(visits.id)}.events", Window(BEFORE, D, "UTC"), METRICS, 10, 0)
-    plan = "\n".join(line for (line,) in await stores.events.run(stores.events.rows, "EXPLAIN " + statement, params))
+    plan = await query_plan(stores, statement, params)
     assert "hourly_paths" in plan and "hourly_bounce_paths" in plan, plan
 
 
 async def test_events_stored_without_ages_are_grouped_instead(client, stores, tenant, grouped):
     """As events stored before schema 5: two pageviews of one visit on / without ages."""
     ms = int(moment(10, 0).timestamp() * 1000)
-    rows = [{"event_id": f"00000000-0000-4000-8000-00000000000{n}", "event_type": "pageview", "timestamp": ms + n * 60_000,
-             "received_at": ms + n * 60_000, "origin": "collect", "visitor_id": 2, "session_id": 21, "path": "/",
-             "session_seq": n + 1} for n in range(2)]
+    rows = one_visit(ms, session_seq=lambda n: n + 1)
     await store_events(stores, tenant.id, rows)
     assert await breakdown(client, tenant, D, D) == [row("/", 1, 2, 1, 0.0, 2)]
     assert len(grouped) == 1, "grouped"

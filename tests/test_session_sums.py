@@ -23,7 +23,7 @@ from openanalytics.provisioning.events_schema import database_name
 from openanalytics.query import session_sums
 from openanalytics.query.aggregate import Aggregate, values, zero
 from openanalytics.query.window import Window
-from tests.helpers import aggregate_spy, store_events, stored_rows
+from tests.helpers import aggregate_spy, one_visit, query_plan, store_events, stored_rows
 from tests.test_collect_pipeline import send
 
 D = datetime.now(UTC).date() - timedelta(days=2)
@@ -118,16 +118,14 @@ async def test_sums_answer_as_grouping_whole_sessions_does(visits, stores):
 async def test_the_sums_are_read_from_the_hourly_projection(visits, stores):
     window = Window(BEFORE, D, "UTC")
     statement, params = session_sums.sql(f"{database_name(visits.id)}.events", window)
-    plan = "\n".join(line for (line,) in await stores.events.run(stores.events.rows, "EXPLAIN " + statement, params))
+    plan = await query_plan(stores, statement, params)
     assert "hourly_totals" in plan, plan
 
 
 async def test_events_stored_without_their_place_are_grouped_by_session_instead(client, stores, tenant, grouped):
     """As events stored before schema 4: B's two events without places, on D."""
     ms = int(moment(10, 0).timestamp() * 1000)
-    rows = [{"event_id": f"00000000-0000-4000-8000-00000000000{n}", "event_type": "pageview", "timestamp": ms + n * 60_000,
-             "received_at": ms + n * 60_000, "origin": "collect", "visitor_id": 2, "session_id": 21, "path": "/"}
-            for n in range(2)]
+    rows = one_visit(ms)
     await store_events(stores, tenant.id, rows)
     window = Window(D, D, "UTC")
     row = (await stores.events.run(stores.events.rows, *session_sums.sql(f"{database_name(tenant.id)}.events", window)))[0]
@@ -178,9 +176,7 @@ async def test_hits_of_a_visit_committed_out_of_order_keep_its_order(app, stores
 async def test_events_stored_with_places_but_no_visitor_ages_are_summed_still(client, stores, tenant, grouped):
     """As events stored under schema 4: a visit of two pageviews; its visitor is counted from its start."""
     ms = int(moment(10, 0).timestamp() * 1000)
-    rows = [{"event_id": f"00000000-0000-4000-8000-00000000000{n}", "event_type": "pageview", "timestamp": ms + n * 60_000,
-             "received_at": ms + n * 60_000, "origin": "collect", "visitor_id": 2, "session_id": 21, "path": "/",
-             "session_seq": n + 1, "session_gap_ms": n * 60_000, "bounce": 1 - 2 * n} for n in range(2)]
+    rows = one_visit(ms, session_seq=lambda n: n + 1, session_gap_ms=lambda n: n * 60_000, bounce=lambda n: 1 - 2 * n)
     await store_events(stores, tenant.id, rows)
     assert await stats(client, tenant, D, D) == {
         "visitors": 1, "pageviews": 2, "sessions": 1, "bounce_rate": 0.0, "session_duration": 60.0,

@@ -13,7 +13,7 @@ from openanalytics.provisioning.events_schema import database_name
 from openanalytics.query import session_sums, visitor_sums
 from openanalytics.query.aggregate import Aggregate, values
 from openanalytics.query.window import Window
-from tests.helpers import aggregate_spy, store_events, stored_rows
+from tests.helpers import aggregate_spy, one_visit, query_plan, store_events, stored_rows
 from tests.test_collect_pipeline import send
 from tests.test_path_sums import BEFORE, D, moment, visits  # noqa: F401 (visits: the fixture)
 
@@ -83,15 +83,13 @@ async def test_sums_answer_as_counting_does(visits, stores):
 async def test_the_sums_are_read_from_the_hourly_projection(visits, stores):
     table, window = f"{database_name(visits.id)}.events", Window(BEFORE, D, "Europe/Amsterdam")
     for statement, params in (visitor_sums.series_sql(table, window, "day"), session_sums.sql(table, window)):
-        plan = "\n".join(line for (line,) in await stores.events.run(stores.events.rows, "EXPLAIN " + statement, params))
+        plan = await query_plan(stores, statement, params)
         assert "hourly_visitors" in plan, plan
 
 
 async def test_events_stored_without_visitor_ages_are_counted_instead(client, stores, tenant, grouped):
     ms = int(moment(10, 0).timestamp() * 1000)
-    rows = [{"event_id": f"00000000-0000-4000-8000-00000000000{n}", "event_type": "pageview", "timestamp": ms + n * 60_000,
-             "received_at": ms + n * 60_000, "origin": "collect", "visitor_id": 2, "session_id": 21, "path": "/"}
-            for n in range(2)]
+    rows = one_visit(ms)
     await store_events(stores, tenant.id, rows)
     (day,) = await series(client, tenant, D, D, "day")
     assert day == {"bucket": D.isoformat(), "visitors": 1, "pageviews": 2, "events": 2, "conversions": 0}
