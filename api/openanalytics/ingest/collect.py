@@ -53,6 +53,8 @@ CORS = {
 SITE_ID = re.compile(r"^site_[0-9a-f]{16}$")
 MAX_USER_AGENT = 512  # longer ones are cut before parsing and hashing (no browser sends more)
 MAX_URL = 2048
+MAX_SCREEN_WIDTH = 65535
+MAX_LANGUAGE = 35
 _random = random.Random()
 os.register_at_fork(after_in_child=_random.seed)  # forked workers must not share session ids
 SITE_LOOKUPS_PER_SECOND = 200  # per process: site ids not in the cache, looked up in the database
@@ -123,9 +125,9 @@ class CollectIn(EventIn):
         # 0.1 + 0.2 in a browser is 0.30000000000000004.
         return round(value, 4) if isinstance(value, float) else value
     event_type: EventType = EventType.pageview
-    referrer: str | None = Field(default=None, max_length=2048)
-    screen_width: int | None = Field(default=None, ge=0, le=65535)
-    language: str | None = Field(default=None, max_length=35)
+    referrer: str | None = Field(default=None, max_length=MAX_URL)
+    screen_width: int | None = Field(default=None, ge=0, le=MAX_SCREEN_WIDTH)
+    language: str | None = Field(default=None, max_length=MAX_LANGUAGE)
 
 
 _PLAIN_PAGEVIEW = frozenset(("site_id", "url", "referrer", "screen_width", "language", "event_type"))
@@ -143,8 +145,8 @@ def plain_pageview_row(item: dict[str, Any], project_id: str, received_ms: int) 
     width, language = item.get("screen_width"), item.get("language")
     if not ((url is None or type(url) is str and len(url) <= MAX_URL and is_absolute_http(url))
             and (referrer is None or type(referrer) is str and len(referrer) <= MAX_URL)
-            and (width is None or type(width) is int and 0 <= width <= 65535)
-            and (language is None or type(language) is str and len(language) <= 35)):
+            and (width is None or type(width) is int and 0 <= width <= MAX_SCREEN_WIDTH)
+            and (language is None or type(language) is str and len(language) <= MAX_LANGUAGE)):
         return None
     row = {
         "project_id": project_id, "event_id": new_event_id(), "event_type": "pageview", "event_name": "",
