@@ -323,6 +323,24 @@ async def test_a_visit_continuing_well_past_midnight_stays_one_visit(app, stores
     assert len(set(found)) == 1, "gaps of 25 minutes at most: one visitor, one session"
 
 
+async def test_a_visit_past_midnight_ends_when_its_visitors_hash_goes(app, stores, worker, tenant):
+    """The new day's visitor only names the visit yesterday's visitor keeps: once that hash is gone
+    (privacy deletion removes it), the next hit begins a new visit as the new day's visitor."""
+    moments = (datetime(2026, 11, 26, 23, 50, tzinfo=UTC), datetime(2026, 11, 27, 0, 10, tzinfo=UTC),
+               datetime(2026, 11, 27, 0, 35, tzinfo=UTC))
+    for moment in moments:
+        app.state.collector.clock = lambda moment=moment: moment
+        await send(app, tenant)
+        if moment == moments[1]:
+            yesterdays = [k async for k in stores.redis.scan_iter(match=f"oa:vp:{tenant.id}:*")
+                          if await stores.redis.hget(k, "*")]
+            assert len(yesterdays) == 1 and len(await stores.redis.keys(f"oa:vp:{tenant.id}:*")) == 2
+            await stores.redis.delete(*yesterdays)
+    found = sorted(await rows(stores, worker, tenant, "received_at, visitor_id, session_id, session_seq"))
+    assert found[0][1:] == (found[1][1], found[1][2], 1) and found[1][3] == 2
+    assert found[2][1] != found[0][1] and found[2][2] != found[0][2] and found[2][3] == 1
+
+
 async def test_a_session_keeps_where_it_came_from_on_every_event(app, stores, worker, tenant):
     """Referrer, source and UTM fields are the session's first hit's: the pages after landing (their
     referrer is the site itself) and a conversion count for Google and the campaign, not as direct."""
@@ -362,32 +380,54 @@ async def test_a_visitors_paths_outlive_each_of_its_events_by_a_day_and_two_idle
 
 
 async def test_a_visit_keeps_its_source_as_long_as_it_goes_on(app, stores, worker, tenant):
-    """The source's key lives as long as its session: each hit gives it the session's lifetime again."""
+    """The source is kept in the visitor's hash, which each hit gives a day and two idle times again."""
     start = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
     for n in range(3):
         app.state.collector.clock = lambda n=n: start + timedelta(minutes=25 * n)
         await send(app, tenant, referrer="https://www.bing.com/" if n == 0 else "https://shop.example/")
-        (key,) = await stores.redis.keys(f"oa:acq:{tenant.id}:*")
-        assert await stores.redis.pttl(key) > 59 * 60_000, n
+        (key,) = await stores.redis.keys(f"oa:vp:{tenant.id}:*")
+        assert (await stores.redis.hget(key, "a")).startswith(b"Bing\n"), n
         await stores.redis.pexpire(key, 5_000)  # as if most of its lifetime had passed
     found = await rows(stores, worker, tenant, "session_id, referrer_source")
     assert len({r[0] for r in found}) == 1 and [r[1] for r in found] == ["Bing"] * 3
 
 
 async def test_a_direct_visit_keeps_nothing_and_stays_direct(app, stores, worker, tenant):
-    """A session begun without a referrer or UTM fields (or by an older release, which kept none) goes on
-    as a direct visit; the session's own value keeps the form every release reads."""
+    """A session begun without a referrer or UTM fields goes on as a direct visit, and the next visit
+    begun from a search engine keeps that one's source."""
     now = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
     app.state.collector.clock = lambda: now
     await send(app, tenant)
-    (key,) = await stores.redis.keys(f"oa:sess:{tenant.id}:*")
-    sid = (await stores.redis.get(key)).decode().split(":")[0]
-    assert await stores.redis.keys(f"oa:acq:{tenant.id}:*") == [], "a direct visit keeps nothing"
-    now += timedelta(minutes=5)
-    await send(app, tenant, url="https://shop.example/?utm_campaign=late", referrer="https://www.bing.com/")
+    (key,) = await stores.redis.keys(f"oa:vp:{tenant.id}:*")
+    sid = (await stores.redis.hget(key, "s")).decode().split(":")[0]
+    assert await stores.redis.hget(key, "a") == b"", "a direct visit keeps nothing"
+    for minutes in (5, 40):
+        now += timedelta(minutes=minutes)
+        await send(app, tenant, url="https://shop.example/?utm_campaign=late", referrer="https://www.bing.com/")
     found = sorted(await rows(stores, worker, tenant, "received_at, session_id, referrer_source, utm_campaign"))
-    assert [r[1] for r in found] == [int(sid)] * 2
-    assert [r[2:] for r in found] == [("", ""), ("", "")], "the session's, not the later hit's"
+    assert [r[1] for r in found[:2]] == [int(sid)] * 2 and found[2][1] != int(sid)
+    assert [r[2:] for r in found] == [("", ""), ("", ""), ("Bing", "late")], "the session's, not the later hit's"
+
+
+async def test_a_visit_a_pod_of_the_release_before_began_goes_on_with_its_source(app, stores, worker, tenant):
+    """The release before kept a visitor's session and source in keys of their own (and its paths in the
+    hash): a visit it began goes on with that source, and the hash keeps both from then on."""
+    start = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    app.state.collector.clock = lambda: start
+    await send(app, tenant)
+    (key,) = await stores.redis.keys(f"oa:vp:{tenant.id}:*")
+    visitor, session = key.decode().rsplit(":", 1)[1], await stores.redis.hget(key, "s")
+    await stores.redis.hdel(key, "s", "a")  # as that release left them
+    await stores.redis.set(f"oa:sess:{tenant.id}:{visitor}", session, px=3_600_000)
+    await stores.redis.set(f"oa:acq:{tenant.id}:{visitor}", 'Google\n,"referrer":"https://www.google.com/"')
+    for minutes in (5, 10):
+        app.state.collector.clock = lambda minutes=minutes: start + timedelta(minutes=minutes)
+        await send(app, tenant, url="https://shop.example/later")
+        assert (await stores.redis.hget(key, "a")).startswith(b"Google\n"), minutes
+    assert (await stores.redis.hget(key, "s")).split(b":")[3] == str(1 + minutes // 5).encode()
+    found = sorted(await rows(stores, worker, tenant, "received_at, session_id, session_seq, referrer"))
+    sid, google = int(session.split(b":")[0]), "https://www.google.com/"
+    assert [r[1:] for r in found] == [(sid, 1, ""), (sid, 2, google), (sid, 3, google)]
 
 
 async def test_a_batch_for_two_sites_gives_each_its_own_visitor(app, stores, worker, make_tenant):

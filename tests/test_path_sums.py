@@ -164,10 +164,10 @@ async def test_a_visit_a_pod_of_the_version_before_started_leaves_the_ages_unkno
         app.state.collector.clock = lambda minute=minute: moment(9, minute)
         await send(app, tenant, url=f"https://shop.example/{minute}")
         if minute == 0:
-            [key] = [k async for k in stores.redis.scan_iter(match=f"oa:sess:{tenant.id}:*")]
-            value = (await stores.redis.get(key)).decode()
+            [key] = [k async for k in stores.redis.scan_iter(match=f"oa:vp:{tenant.id}:*")]
+            value = (await stores.redis.hget(key, "s")).decode()
             assert value.endswith("\n/0"), "the first pageview's path, while the visit is one pageview"
-            await stores.redis.set(key, value.split("\n")[0], px=3_600_000)  # as schema 4's script left it
+            await stores.redis.hset(key, "s", value.split("\n")[0])  # as schema 4's script left it
     await worker.drain()
     rows = sorted(await stored_rows(stores, tenant.id, "timestamp, path, path_visitor_age, bounce_path"))
     assert [row[1:] for row in rows] == [("/0", 65535, ""), ("/1", 0, ""), ("/2", 65535, "")]

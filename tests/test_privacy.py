@@ -87,11 +87,16 @@ async def test_deletion_reaches_stored_and_queued_events_and_leaves_others(clien
     queued = [{"event_type": "event", "event_name": "late", "user_id": user} for user in ("u1", "u1", "u2")]
     sent = await client.post(f"/v1/projects/{tenant.id}/events", json=queued, headers=tenant.headers)
     assert sent.status_code == 202  # on the stream, not stored yet
-    await stores.redis.set(f"oa:sess:{tenant.id}:7", "1:1:7")  # session state of u1's visitor
+    # u1's visitor's paths, session and source; its visit went on past midnight, named by visitor 70
+    await stores.redis.hset(f"oa:vp:{tenant.id}:7", mapping={
+        "a1b2": "1:1", "*": "1", "s": "1:1:7:3:0", "a": 'Google\n,"referrer":"https://www.google.com/?q=u1"'})
+    await stores.redis.hset(f"oa:vp:{tenant.id}:70", mapping={"s": "1:1:7:2:0"})
+    await stores.redis.hset(f"oa:vp:{tenant.id}:80", mapping={"*": "1", "s": "2:1:8:1:1"})  # someone else's
+    # as the release before kept sessions and sources
+    await stores.redis.set(f"oa:sess:{tenant.id}:7", "1:1:7")
     await stores.redis.set(f"oa:acq:{tenant.id}:7", 'Google\n,"referrer":"https://www.google.com/?q=u1"')
-    await stores.redis.set(f"oa:sess:{tenant.id}:70", "1:1:7")  # u1's visit went on past midnight as visitor 70
-    await stores.redis.set(f"oa:acq:{tenant.id}:70", "Google\n")
-    await stores.redis.set(f"oa:sess:{tenant.id}:80", "2:1:8")  # someone else's
+    await stores.redis.set(f"oa:sess:{tenant.id}:71", "1:1:7")
+    await stores.redis.set(f"oa:sess:{tenant.id}:80", "2:1:8")
     await stores.redis.zadd(f"oa:rt:{tenant.id}:visitors", {"7": ms(NOW), "8": ms(NOW)})
 
     first = await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)
@@ -111,9 +116,11 @@ async def test_deletion_reaches_stored_and_queued_events_and_leaves_others(clien
     await worker.drain()
     users = sorted(user for (user,) in await stored_rows(stores, tenant.id, "user_id"))
     assert users == ["u1"] + ["u2"] * 4  # u1's event after the request stays
-    assert await stores.redis.get(f"oa:sess:{tenant.id}:7") is None
-    assert await stores.redis.get(f"oa:acq:{tenant.id}:7") is None, "where the visit came from goes too"
-    assert await stores.redis.get(f"oa:sess:{tenant.id}:70") is None and await stores.redis.get(f"oa:acq:{tenant.id}:70") is None
+    assert not await stores.redis.exists(f"oa:vp:{tenant.id}:7"), "its session and where it came from go too"
+    assert not await stores.redis.exists(f"oa:vp:{tenant.id}:70"), "the next day's visitor names it no more"
+    assert await stores.redis.hget(f"oa:vp:{tenant.id}:80", "s") == b"2:1:8:1:1"
+    assert not await stores.redis.exists(*[f"oa:{kind}:{tenant.id}:{v}" for kind, v in
+                                          (("sess", 7), ("acq", 7), ("sess", 71))]), "the release before's"
     assert await stores.redis.get(f"oa:sess:{tenant.id}:80") == b"2:1:8"
     assert await stores.redis.zrange(f"oa:rt:{tenant.id}:visitors", 0, -1) == [b"8"]
     with stores.db.session() as session:

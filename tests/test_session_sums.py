@@ -153,9 +153,9 @@ async def test_a_session_value_of_an_older_version_leaves_the_place_unknown(app,
         await send(app, tenant)
         if minute == 0:
             await worker.drain()
-            [key] = [k async for k in stores.redis.scan_iter(match=f"oa:sess:{tenant.id}:*")]
-            sid, seen, visitor, *_ = (await stores.redis.get(key)).decode().split(":")
-            await stores.redis.set(key, f"{sid}:{seen}:{visitor}", px=3_600_000)
+            [key] = [k async for k in stores.redis.scan_iter(match=f"oa:vp:{tenant.id}:*")]
+            sid, seen, visitor, *_ = (await stores.redis.hget(key, "s")).decode().split(":")
+            await stores.redis.hset(key, "s", f"{sid}:{seen}:{visitor}")
     await worker.drain()
     rows = sorted(await stored_rows(stores, tenant.id, "timestamp, session_seq, session_gap_ms, bounce"))
     assert [row[1:] for row in rows] == [(1, 0, 1), (0, 60_000, 0), (0, 60_000, 0)]

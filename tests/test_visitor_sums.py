@@ -102,9 +102,9 @@ async def test_events_stored_without_visitor_ages_are_counted_instead(client, st
     assert not visitor_sums.applies(Window(D, D, "UTC"), [], METRICS, "path", 5)
 
 
-async def test_a_visit_whose_visitors_paths_are_lost_leaves_its_ages_unknown(app, stores, worker, tenant):
-    """Redis lost the visitor's paths (evicted, say) while its visit went on: the visit's next events
-    cannot tell whether the visitor or the visit was on their path before, so their ages are not known."""
+async def test_a_visitor_whose_hash_is_lost_begins_anew(app, stores, worker, tenant):
+    """Redis lost the visitor's hash (evicted, say) while its visit went on: its paths and its visit are
+    gone together, so its next event begins a visit with nothing before it, never one with half a past."""
     for minute in (0, 1):
         app.state.collector.clock = lambda minute=minute: moment(9, minute)
         await send(app, tenant)
@@ -112,8 +112,8 @@ async def test_a_visit_whose_visitors_paths_are_lost_leaves_its_ages_unknown(app
             [key] = [k async for k in stores.redis.scan_iter(match=f"oa:vp:{tenant.id}:*")]
             await stores.redis.delete(key)
     await worker.drain()
-    rows = sorted(await stored_rows(stores, tenant.id, "timestamp, visitor_age, path_visitor_age, path_session_age"))
-    assert [row[1:] for row in rows] == [(65535, 65535, 65535), (0, 0, 0)]
+    rows = sorted(await stored_rows(stores, tenant.id, "timestamp, session_seq, visitor_age, path_visitor_age, path_session_age"))
+    assert [row[1:] for row in rows] == [(1, 65535, 65535, 65535), (1, 65535, 65535, 65535)]
 
 
 async def test_a_visitors_events_keep_their_order_across_visits(app, stores, worker, tenant):
@@ -122,7 +122,8 @@ async def test_a_visitors_events_keep_their_order_across_visits(app, stores, wor
     for at in (moment(10, 5), moment(10, 0)):
         app.state.collector.clock = lambda at=at: at
         await send(app, tenant)
-        await stores.redis.delete(*[k async for k in stores.redis.scan_iter(match=f"oa:sess:{tenant.id}:*")])
+        for key in [k async for k in stores.redis.scan_iter(match=f"oa:vp:{tenant.id}:*")]:
+            await stores.redis.hdel(key, "s")  # its visit ends
     await worker.drain()
     rows = sorted(await stored_rows(stores, tenant.id, "timestamp, session_seq, visitor_age"))
     assert [(at.replace(tzinfo=UTC), seq, age) for at, seq, age in rows] == [

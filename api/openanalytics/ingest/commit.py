@@ -63,22 +63,19 @@ local function each_chunk(list, size, call)
   end
 end
 -- A session is "sid:last seen ms:visitor:events so far:first was a pageview (1/0)", then while it is
--- one pageview, "\n" and that pageview's path; the visitor it started with stays its visitor. Older
--- values end after the visitor: their count is unknown (0), and so is the path (nil).
-local function live(key)
-  local value = redis.call('GET', key)
+-- one pageview, "\n" and that pageview's path. Older values end after the visitor: their count is
+-- unknown (0), and so is the path (nil).
+local function live(value)
   if not value then return nil end
-  local sid, seen, who, rest = string.match(value, '^(%d+):(%d+):(%d+)(.*)')  -- whatever a later form appends
+  local sid, seen, rest = string.match(value, '^(%d+):(%d+):%d+(.*)')  -- whatever a later form appends
   if sid and now - tonumber(seen) <= idle then
     local count, first_pv, marked, first_path = string.match(rest, '^:(%d+):([01])(\n?)(.*)$')
     if marked ~= '\n' then first_path = nil end
-    return sid, who, tonumber(seen), tonumber(count or '0'), first_pv, first_path
+    return sid, tonumber(seen), tonumber(count or '0'), first_pv, first_path
   end
   return nil
 end
--- Per visitor, each path's last event, "ms:session" (the field is the path's key), and under '*' its
--- last event on any path; kept while the visitor can come back: its visits start on one day and
--- each goes on while events come. Ages are hours (of the clock) since then, plus 1 (65535: none).
+-- Ages are hours (of the clock) since a visitor's last event (on a path), plus 1 (65535: none).
 local function age(at, last_ms)
   return math.min(math.max(0, math.floor(at / 3600000) - math.floor(last_ms / 3600000)) + 1, 65534)
 end
@@ -92,13 +89,35 @@ local function ages(last_path, last_seen, sid, at)
   if last_seen then visitor_age = age(at, last_seen) end
   return path_age, session_age, visitor_age
 end
--- Where a session came from, "source\nJSON members for the row", in a key of its own beside the
--- session's (so the session's value keeps its form for every version of this script); none for a
--- direct visit.
-local function acquisition(key)
-  local kept = redis.call('GET', key)
-  if not kept then return '', '' end
-  return string.match(kept, '^([^\n]*)\n(.*)$')
+-- A visitor's hash (`oa:vp:`) holds all that is kept per visitor, in one key so a hit reads it in one
+-- call and writes it in one: per path its last event, "ms:session" (the field is the path's key), under
+-- '*' its last event on any path, under 's' its session and under 'a' where that session came from,
+-- "source\nJSON members for the row" ("" for a direct visit). It is kept while the visitor can come
+-- back: its visits start on one day and each goes on while events come. The release before kept
+-- the session and its source in keys of their own (`oa:sess:`, `oa:acq:`), which live an hour after
+-- its last hit: a hash it wrote has no 's', and its visit goes on from those.
+local function visitor_state(pid, visitor, path_key)
+  local key = 'oa:vp:' .. pid .. ':' .. visitor
+  local got = redis.call('HMGET', key, path_key, '*', 's', 'a')
+  if not got[3] and got[2] then
+    got[3] = redis.call('GET', 'oa:sess:' .. pid .. ':' .. visitor)
+    if got[3] then got[4], got[5] = redis.call('GET', 'oa:acq:' .. pid .. ':' .. visitor) or '', true end  -- (5: not in the hash)
+  end
+  return key, got
+end
+-- The live visit in `got` (the hash of `visitor`): the key and fields of the hash that keeps it, its
+-- visitor, and its session (see live); nothing if there is none. A visit that began yesterday goes on
+-- as yesterday's visitor, which keeps it; today's visitor's 's' names that visitor, so the visit goes
+-- on while that hash keeps it (privacy deletion removes the hash).
+local function visit(pid, path_key, key, got, visitor)
+  local who = string.match(got[3] or '', '^%d+:%d+:(%d+)')
+  if who and who ~= visitor then
+    key, got = visitor_state(pid, who, path_key)
+    visitor = who
+  end
+  local sid, seen, count, first_pv, first_path = live(got[3])
+  if sid then return key, got, visitor, sid, seen, count, first_pv, first_path end
+  return nil
 end
 -- Each hit's row, arrival and acquisition, one per line: JSON from orjson holds no raw line break.
 local texts, at = ARGV[9], 1
@@ -132,19 +151,23 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
     elseif not spend_site('oa:rl:collect:site:' .. pid, tonumber(sitelimit)) then
       outcome = 'rate_limited_site'
     else
-      local key, acquired_key = 'oa:sess:' .. pid .. ':' .. visitor, 'oa:acq:' .. pid .. ':' .. visitor
-      local sid, who, last_at, count, first_pv, first_path = live(key)
-      local kept_key = acquired_key
+      local own_key, own = visitor_state(pid, visitor, path_key)
+      local paths_key, last, who, sid, last_at, count, first_pv, first_path = visit(pid, path_key, own_key, own, visitor)
+      local named = sid ~= nil or previous == ''
       if not sid and previous ~= '' then
-        -- Just after midnight: yesterday's visitor may be mid-visit. Continue it under today's key too.
-        sid, who, last_at, count, first_pv, first_path = live('oa:sess:' .. pid .. ':' .. previous)
-        kept_key = 'oa:acq:' .. pid .. ':' .. previous
+        -- Just after midnight: yesterday's visitor may be mid-visit.
+        local key, before = visitor_state(pid, previous, path_key)
+        paths_key, last, who, sid, last_at, count, first_pv, first_path = visit(pid, path_key, key, before, previous)
       end
+      if not sid then paths_key, last, who, named = own_key, own, visitor, true end
       local continued = sid ~= nil
-      if continued then source, acquired = acquisition(kept_key) end  -- a new session keeps this hit's
-      sid, visitor = sid or fresh, who or visitor
-      local paths_key = 'oa:vp:' .. pid .. ':' .. visitor
-      local last = redis.call('HMGET', paths_key, path_key, '*')
+      local kept_from = acquired ~= '' and source .. '\n' .. acquired or ''
+      if continued then  -- a new session keeps this hit's source
+        kept_from = last[4] or ''
+        source, acquired = string.match(kept_from, '^([^\n]*)\n(.*)$')
+        source, acquired = source or '', acquired or ''
+      end
+      sid, visitor = sid or fresh, who
       local last_seen = last[2] and tonumber(last[2])
       -- The event's time is its arrival, but never before its visitor's or its session's last event:
       -- hits that pods with their own clocks commit out of order keep the order (off by as much).
@@ -164,22 +187,19 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
       -- and where a bounce ends, the path it was on. Not known (0) where the place is not. And hours
       -- since the visitor's last event at all (query/visitor_sums.py).
       local path_age, session_age, visitor_age = ages(last[1], last_seen, sid, at)
-      if continued and not last_seen then  -- the visitor's paths are lost (or a pod of the version before kept none)
-        path_age, session_age, visitor_age = 0, 0, 0
-      end
       if seq == 0 or bounce_path == nil then path_age, session_age, bounce_path = 0, 0, '' end
-      redis.call('HSET', paths_key, path_key, string.format('%d', at) .. ':' .. sid, '*', string.format('%d', at))
-      redis.call('PEXPIRE', paths_key, 86400000 + idle * 2)
       local kept = sid .. ':' .. string.format('%d', at) .. ':' .. visitor .. ':' .. seq .. ':' .. (first_pv or '0')
       if seq == 1 and first_pv == '1' then kept = kept .. '\n' .. path end
       at = string.format('%d', at)
-      redis.call('SET', key, kept, 'PX', idle * 2)
-      if acquired ~= '' and continued and kept_key == acquired_key then
-        redis.call('PEXPIRE', acquired_key, idle * 2)  -- kept as long as its session
-      elseif acquired ~= '' then
-        redis.call('SET', acquired_key, source .. '\n' .. acquired, 'PX', idle * 2)
-      elseif not continued then
-        redis.call('DEL', acquired_key)  -- a direct visit: not the last visit's source
+      if last[4] == kept_from and not last[5] then
+        redis.call('HSET', paths_key, path_key, at .. ':' .. sid, '*', at, 's', kept)
+      else
+        redis.call('HSET', paths_key, path_key, at .. ':' .. sid, '*', at, 's', kept, 'a', kept_from)
+      end
+      redis.call('PEXPIRE', paths_key, 86400000 + idle * 2)
+      if not named then  -- the visit goes on from yesterday's visitor: today's names it
+        redis.call('HSET', own_key, 's', kept)
+        redis.call('PEXPIRE', own_key, 86400000 + idle * 2)
       end
       -- field 'e' as in buffer.FIELD, which the worker reads
       redis.call('XADD', stream, '*', 'e', row .. acquired .. ',"visitor_id":' .. visitor .. ',"session_id":' .. sid ..
