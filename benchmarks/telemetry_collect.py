@@ -96,8 +96,8 @@ async def main() -> None:
                     before = cpu_seconds(proc.pid)
                     result = await load(port, request, args.seconds, args.connections)
                     # /collect stores after it answers: rate and CPU count until all of it is stored
-                    result.rate = len(result.latencies) / (args.seconds + await wait_stored(queue, len(result.latencies)))
-                    result.cpu_us = (cpu_seconds(proc.pid) - before) / len(result.latencies) * 1e6
+                    result.rate = result.answered / (args.seconds + await wait_stored(queue, result.answered))
+                    result.cpu_us = (cpu_seconds(proc.pid) - before) / result.answered * 1e6
                     results[label].append(result)
         finally:
             for _, proc in [*servers.values(), (None, collector)]:
@@ -112,8 +112,8 @@ async def main() -> None:
     cpu = {label: sorted(r.cpu_us for r in rounds)[len(rounds) // 2] for label, rounds in results.items()}
     off = medians["telemetry off"].rate
     for label, median in medians.items():
-        print(f"| {label} | {median.rate:,.0f} | {median.percentile(0.5) * 1000:.2f} | "
-              f"{median.percentile(0.99) * 1000:.2f} | {cpu[label]:.0f} | {1 - median.rate / off:.1%} | "
+        print(f"| {label} | {median.rate:,.0f} | {median.p50 * 1000:.2f} | "
+              f"{median.p99 * 1000:.2f} | {cpu[label]:.0f} | {1 - median.rate / off:.1%} | "
               f"{cpu[label] / cpu['telemetry off'] - 1:.1%} |")
 
 
