@@ -19,7 +19,6 @@ counts until every hit it answered is on the stream, and the run fails if any is
 from __future__ import annotations
 
 import asyncio
-import gc
 import ipaddress
 import json
 import os
@@ -56,14 +55,13 @@ def serve_bare(port: int) -> None:
 def serve_full(port: int) -> None:
     import uvicorn
 
-    from openanalytics.app import create_app, http_protocol, served
+    from openanalytics.app import create_app, http_protocol, served, settle_heap
     from openanalytics.config import Settings
     from openanalytics.runtime import Stores
 
     stores = Stores.open(Settings())
     app = create_app(stores, owns_stores=True)
-    gc.collect()
-    gc.freeze()  # as the CLI does
+    settle_heap()  # as the CLI does
     uvicorn.run(served(app), host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False,
                 http=http_protocol(app))
 

@@ -12,7 +12,6 @@ round of each is reported.
 
 from __future__ import annotations
 
-import gc
 import os
 import tempfile
 from pathlib import Path
@@ -43,15 +42,14 @@ def serve(port: int) -> None:
     import uvicorn
 
     from openanalytics import telemetry
-    from openanalytics.app import create_app, served
+    from openanalytics.app import create_app, served, settle_heap
     from openanalytics.config import Settings
     from openanalytics.runtime import Stores
 
     _pin(1)
     telemetry.configure("openanalytics-api")
     app = create_app(Stores.open(Settings()), owns_stores=True)
-    gc.collect()
-    gc.freeze()  # as the CLI does
+    settle_heap()  # as the CLI does
     uvicorn.run(served(app), host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False)
 
 

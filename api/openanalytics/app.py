@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -117,6 +118,20 @@ async def settle(queue: intake.Intake) -> None:
             await queue.settle()
     except Exception:
         log.exception("stopping: %d answered /collect requests could not be stored", queue.queued)
+
+
+YOUNG_COLLECTION_EVERY = 20_000  # container objects allocated; Python's default is 700
+
+
+def settle_heap() -> None:
+    """Before serving. What startup made lives as long as the process: keep it out of the cyclic
+    collector's sight, or every full collection walks it (with telemetry's libraries loaded, a quarter
+    of the CPU). And collect young objects less often: a /collect hit allocates a few dozen, nearly all
+    freed by reference counting at once, and a collection every 700 cost the server about 1.5 µs of
+    CPU per hit (4% of its throughput; README, benchmarks)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, 20, 20)
 
 
 def served(app: FastAPI):

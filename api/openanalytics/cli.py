@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
-import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -77,7 +75,7 @@ def main() -> None:
 def _serve(with_worker: bool, host: str | None, port: int | None) -> None:
     import uvicorn
 
-    from openanalytics.app import create_app, http_protocol, served
+    from openanalytics.app import create_app, http_protocol, served, settle_heap
     from openanalytics.runtime import Stores
 
     from openanalytics import telemetry
@@ -89,10 +87,7 @@ def _serve(with_worker: bool, host: str | None, port: int | None) -> None:
     if with_worker:
         stores.migrate_control_plane()
     app = create_app(stores, with_worker=with_worker, owns_stores=True)
-    # What startup made lives as long as the process: keep it out of the collector's sight,
-    # or every full collection walks it (with telemetry's libraries loaded, a quarter of the CPU).
-    gc.collect()
-    gc.freeze()
+    settle_heap()
     # No access log (it would hold client IPs) and no proxy headers from uvicorn: the
     # client IP is taken from X-Forwarded-For only for OA_TRUSTED_PROXIES, by the app.
     uvicorn.run(
@@ -145,6 +140,7 @@ def operator(namespaces: tuple[str, ...], clusterwide: bool, liveness: str | Non
 @main.command()
 def worker() -> None:
     """Drain the ingest stream into ClickHouse and keep projects provisioned."""
+    from openanalytics.app import settle_heap
     from openanalytics.runtime import Stores
     from openanalytics.worker.runner import Worker
 
@@ -155,8 +151,7 @@ def worker() -> None:
     stores = Stores.open(_settings())
 
     async def run() -> None:
-        gc.collect()
-        gc.freeze()  # see _serve
+        settle_heap()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
