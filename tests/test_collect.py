@@ -438,3 +438,32 @@ async def test_bodies_without_a_declared_length_are_held_to_the_limit_whole_or_i
         with pytest.raises(Dropped) as dropped:
             await _read_body(arriving(*chunks), 10)
         assert dropped.value.reason is DropReason.too_large
+
+
+def test_a_clients_hits_share_its_ids_while_the_salts_stay(monkeypatch):
+    """Address, budget tag and visitor ids are worked out once per client, and none made with a
+    salt outlives it: at midnight, and when the day before's salt stops counting, all are made anew."""
+    from openanalytics.ingest import clients as module
+    from openanalytics.ingest.client_ip import parse_networks
+
+    clients = module.Clients(parse_networks(["10.0.0.0/8"]))
+    today, yesterday = secrets.token_bytes(32), secrets.token_bytes(32)
+    browser = {"user-agent": BROWSER, "accept-language": "en", "x-forwarded-for": "198.51.100.4"}
+    first = clients.of(yesterday, None, "10.0.0.2", browser)
+    assert first.ip == "198.51.100.4" and clients.of(yesterday, None, "10.0.0.2", dict(browser)) is first
+    for other in ({**browser, "user-agent": BROWSER + " x"}, {**browser, "accept-language": "de"},
+                  {**browser, "x-forwarded-for": "198.51.100.5"}):
+        assert clients.of(yesterday, None, "10.0.0.2", other) is not first
+    long = clients.of(yesterday, None, "10.0.0.2", {**browser, "user-agent": BROWSER + "x" * 600})
+    assert long.user_agent == (BROWSER + "x" * 600)[:512], "cut before parsing and hashing"
+    visitor, _ = first.visitors_in("p1")
+    assert first.visitors_in("p2")[0] != visitor and first.visitors_in("p1") == (visitor, None)
+    midnight = clients.of(today, yesterday, "10.0.0.2", browser)
+    assert midnight is not first and midnight.budget_tag != first.budget_tag
+    assert midnight.visitors_in("p1")[1] == visitor != midnight.visitors_in("p1")[0], "yesterday's goes on"
+    later = clients.of(today, None, "10.0.0.2", browser)
+    assert later is not midnight and later.visitors_in("p1") == (midnight.visitors_in("p1")[0], None)
+
+    monkeypatch.setattr(module, "MAX_CLIENTS", 2)
+    assert clients.of(today, None, "10.0.0.2", {**browser, "accept-language": "fr"}) is not later
+    assert clients.of(today, None, "10.0.0.2", browser) is not later, "past the bound, all are forgotten"

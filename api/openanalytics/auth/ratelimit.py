@@ -25,7 +25,6 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from functools import lru_cache
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
@@ -79,10 +78,10 @@ def budget_network(ip: str) -> str:
     return str(ipaddress.ip_network(f"{addr}/64", strict=False).network_address)
 
 
-@lru_cache(maxsize=10_000)
 def client_tag(ip: str, salt: bytes) -> str:
     """Names a client's per-IP budget in Redis: keyed with the day's salt, so the key says
-    nothing about the IP once the salt is gone (a plain hash of an IPv4 address is easy to reverse)."""
+    nothing about the IP once the salt is gone (a plain hash of an IPv4 address is easy to reverse).
+    Not cached here: a cache would keep past days' salts (/collect keeps tags per client, clients.py)."""
     return hashlib.blake2b(budget_network(ip).encode(), key=salt, digest_size=12).hexdigest()
 
 

@@ -27,17 +27,18 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from openanalytics.auth.ratelimit import WINDOW_MS, client_tag
+from openanalytics.auth.ratelimit import WINDOW_MS
 from openanalytics.cache import TTLCache
 from openanalytics.ingest import commit
-from openanalytics.ingest.client_ip import client_ip, parse_networks
+from openanalytics.ingest.client_ip import parse_networks
+from openanalytics.ingest.clients import Client, Clients
 from openanalytics.ingest.geo import Geo
 from openanalytics.ingest.referrer import source_for
 from openanalytics.ingest.rows import UTM_FIELDS, event_row, new_event_id, url_parts
 from openanalytics.ingest.schemas import EventIn, EventType
 from openanalytics.ingest.urls import is_absolute_http
 from openanalytics.ingest.useragent import parse_agent
-from openanalytics.ingest.visitor import SESSION_IDLE, Salts, anonymise_ip, day_of, visitor_hash
+from openanalytics.ingest.visitor import SESSION_IDLE, Salts, day_of
 from openanalytics.projects.models import Project
 from openanalytics.projects.service import site_lookup
 
@@ -51,7 +52,6 @@ CORS = {
     "Access-Control-Max-Age": "86400",
 }
 SITE_ID = re.compile(r"^site_[0-9a-f]{16}$")
-MAX_USER_AGENT = 512  # longer ones are cut before parsing and hashing (no browser sends more)
 MAX_URL = 2048
 MAX_SCREEN_WIDTH = 65535
 MAX_LANGUAGE = 35
@@ -179,20 +179,13 @@ def model_row(item: dict[str, Any], project_id: str, received_ms: int) -> tuple[
 class Hit:
     """One request to /collect, normalised."""
 
-    __slots__ = ("ip", "user_agent", "accept_language", "received_ms", "day", "received_iso",
-                 "salt", "previous_salt", "visitors", "budget_tag")
+    __slots__ = ("client", "received_ms", "day", "received_iso")
 
-    def __init__(self, ip: str, user_agent: str, accept_language: str, received_ms: int):
-        self.ip = ip
-        self.user_agent = user_agent
-        self.accept_language = accept_language
+    def __init__(self, client: Client, received_ms: int):
+        self.client = client
         self.received_ms = received_ms
         second, self.day = _second_and_day(self.received_ms // 1000)
         self.received_iso = f"{second}.{self.received_ms % 1000:03d}Z"
-        self.salt = b""  # the day's; and yesterday's just after midnight (a session may go on)
-        self.previous_salt: bytes | None = None
-        self.visitors: dict[str, tuple[int, int | None]] = {}  # per project
-        self.budget_tag = ""  # names the client's per-IP budget in Redis
 
 
 @lru_cache(maxsize=4)
@@ -281,7 +274,7 @@ class Collector:
         self._looking: dict[str, asyncio.Future] = {}  # site id -> its one lookup in flight
         self.salts = Salts(stores.redis)
         self.committer = commit.Committer(stores.redis, self.settings.stream_key, WINDOW_MS, SESSION_IDLE_MS)
-        self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
+        self.clients = Clients(parse_networks(self.settings.trusted_proxies))
         # The sites and salts of a batch are looked up before the steps run (intake.py); the budgets,
         # the session and storing happen last, in Redis, for the whole batch (commit.py).
         self.steps = [
@@ -338,15 +331,15 @@ class Collector:
             raise Dropped(DropReason.disallowed_domain)
 
     def drop_bots(self, hit: Hit, event: Event) -> None:
-        if parse_agent(hit.user_agent).bot:
+        if parse_agent(hit.client.user_agent).bot:
             raise Dropped(DropReason.bot)
 
     def put_location(self, hit: Hit, event: Event) -> None:
-        place = self.geo.lookup(hit.ip)  # the full IP, here only
+        place = self.geo.lookup(hit.client.ip)  # the full IP, here only
         event.row.update(country=place.country, region=place.region, city=place.city)
 
     def put_user_agent(self, hit: Hit, event: Event) -> None:
-        agent = parse_agent(hit.user_agent)
+        agent = parse_agent(hit.client.user_agent)
         event.row.update(
             browser=agent.browser, browser_version=agent.browser_version,
             os=agent.os, os_version=agent.os_version, device=agent.device,
@@ -365,17 +358,7 @@ class Collector:
             event.acquired = "," + orjson.dumps(acquired)[1:-1].decode()
 
     def put_visitor(self, hit: Hit, event: Event) -> None:
-        """Today's visitor and, just after midnight, yesterday's (its session may continue)."""
-        project_id = event.site.project_id
-        visitors = hit.visitors.get(project_id)
-        if visitors is None:
-            anon = anonymise_ip(hit.ip)
-            previous = None
-            if hit.previous_salt is not None:
-                previous = visitor_hash(hit.previous_salt, project_id, hit.user_agent, hit.accept_language, anon)
-            today = visitor_hash(hit.salt, project_id, hit.user_agent, hit.accept_language, anon)
-            hit.visitors[project_id] = visitors = (today, previous)
-        event.visitors = visitors
+        event.visitors = hit.client.visitors_in(event.site.project_id)
 
     # -- the request ------------------------------------------------------------
 
@@ -392,10 +375,10 @@ class Collector:
         })[:-1].decode()
         site = event.site
         if reason is not None:
-            return commit.dropped(site.project_id, hit.budget_tag, site.per_ip_per_minute, arrival, reason,
+            return commit.dropped(site.project_id, hit.client.budget_tag, site.per_ip_per_minute, arrival, reason,
                                   hit.received_ms, hit.day)
         return commit.accepted(
-            site.project_id, hit.budget_tag, site.per_ip_per_minute, site.per_site_per_minute, *event.visitors,
+            site.project_id, hit.client.budget_tag, site.per_ip_per_minute, site.per_site_per_minute, *event.visitors,
             _fresh_session(), orjson.dumps(event.row)[:-1].decode(), arrival, event.row["event_id"],
             hit.received_ms, hit.day, event.row["event_type"], event.row.get("path", ""), event.source, event.acquired,
         )
@@ -410,16 +393,9 @@ class Collector:
         found = [sites.get(site_id) if type(site_id := item.get("site_id")) is str else None for item in items]
         if not any(found):
             return [], [(ignored or DropReason.unknown_site).value] * len(items)  # nothing to attribute to a site
-        hit = Hit(
-            ip=client_ip(peer, headers.get("x-forwarded-for"), self.trusted_proxies),
-            user_agent=headers.get("user-agent", "")[:MAX_USER_AGENT],
-            accept_language=headers.get("accept-language", ""),
-            received_ms=received_ms,
-        )
         days = salt_days(received_ms)
-        hit.salt = salts[days[0]]
-        hit.previous_salt = salts[days[1]] if len(days) > 1 else None
-        hit.budget_tag = client_tag(hit.ip, hit.salt)
+        client = self.clients.of(salts[days[0]], salts[days[1]] if len(days) > 1 else None, peer, headers)
+        hit = Hit(client, received_ms)
         fields, unattributed = [], []
         for item, site in zip(items, found, strict=True):
             event = Event(item, site)
