@@ -21,6 +21,7 @@ class Result:
     answered: int  # requests answered
     p50: float  # latency, seconds
     p99: float
+    seconds: float  # how long the load ran
     sent: int = 0  # requests sent, where more than answered (those in flight as the run ends); else `answered`
     cpu_us: float = 0.0  # the server's CPU time per request, where measured
     redis_us: float = 0.0  # the Redis server's CPU time per request, where measured
@@ -66,9 +67,10 @@ async def load(port: int, request: bytes | list[bytes], seconds: float, connecti
 
     started = time.perf_counter()
     await asyncio.gather(*(connection(i * 997) for i in range(connections)))
+    took = time.perf_counter() - started
     latencies.sort()
-    return Result(len(latencies) / (time.perf_counter() - started), len(latencies),
-                  *(latencies[min(len(latencies) - 1, int(len(latencies) * p))] for p in (0.5, 0.99)))
+    return Result(len(latencies) / took, len(latencies),
+                  *(latencies[min(len(latencies) - 1, int(len(latencies) * p))] for p in (0.5, 0.99)), took)
 
 
 _WRK_SCRIPT = """
@@ -109,7 +111,7 @@ async def wrk_load(port: int, request: bytes | list[bytes], seconds: float, conn
     answered, sent, micros, p50, p99, errors = map(int, found[0])
     if errors:
         raise RuntimeError(f"wrk: {errors} errors: {out}")
-    return Result(answered / (micros / 1e6), answered, p50 / 1e6, p99 / 1e6, sent=sent)
+    return Result(answered / (micros / 1e6), answered, p50 / 1e6, p99 / 1e6, micros / 1e6, sent=sent)
 
 
 GENERATORS = {"wrk": wrk_load, "python": load}

@@ -193,9 +193,9 @@ async def main() -> None:
                     result = await load(port, request, args.seconds, args.connections)
                     if label == FULL:  # the rate counts until the last answered hit is on the stream
                         answered, sent = answered + result.answered, sent + result.sent
-                        result.rate = result.answered / (args.seconds + await wait_stored(stream, answered))
+                        result.rate = result.answered / (result.seconds + await wait_stored(stream, answered))
                     elif label in PARTS.values():  # ...or until the server is done with what it answered
-                        result.rate = result.answered / (args.seconds + await wait_idle(proc.pid))
+                        result.rate = result.answered / (result.seconds + await wait_idle(proc.pid))
                     result.cpu_us = (cpu_seconds(proc.pid) - before) / result.answered * 1e6
                     result.redis_us = (redis_cpu(stream) - redis_before) / result.answered * 1e6
                     results[label].append(result)

@@ -94,7 +94,7 @@ async def main() -> None:
                     before = cpu_seconds(proc.pid)
                     result = await load(port, request, args.seconds, args.connections)
                     # /collect stores after it answers: rate and CPU count until all of it is stored
-                    result.rate = result.answered / (args.seconds + await wait_stored(queue, result.answered))
+                    result.rate = result.answered / (result.seconds + await wait_stored(queue, result.answered))
                     result.cpu_us = (cpu_seconds(proc.pid) - before) / result.answered * 1e6
                     results[label].append(result)
         finally:
