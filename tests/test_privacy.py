@@ -89,7 +89,8 @@ async def test_deletion_reaches_stored_and_queued_events_and_leaves_others(clien
     assert sent.status_code == 202  # on the stream, not stored yet
     # u1's visitor's paths, session and source; its visit went on past midnight, named by visitor 70
     await stores.redis.hset(f"oa:vp:{tenant.id}:7", mapping={
-        "a1b2": "1:1", "*": "1", "s": "1:1:7:3:0", "a": 'Google\n,"referrer":"https://www.google.com/?q=u1"'})
+        "a1b2": "1:1", "*": "1", "s": "1:1:7:3:0", "a": 'Google\n,"referrer":"https://www.google.com/?q=u1"',
+        "n": "70"})
     await stores.redis.hset(f"oa:vp:{tenant.id}:70", mapping={"s": "1:1:7:2:0"})
     await stores.redis.hset(f"oa:vp:{tenant.id}:80", mapping={"*": "1", "s": "2:1:8:1:1"})  # someone else's
     # as the release before kept sessions and sources

@@ -65,15 +65,13 @@ end
 -- A session is "sid:last seen ms:visitor:events so far:first was a pageview (1/0)", then while it is
 -- one pageview, "\n" and that pageview's path. Older values end after the visitor: their count is
 -- unknown (0), and so is the path (nil).
-local function live(value)
+local function session_of(value)
   if not value then return nil end
-  local sid, seen, rest = string.match(value, '^(%d+):(%d+):%d+(.*)')  -- whatever a later form appends
-  if sid and now - tonumber(seen) <= idle then
-    local count, first_pv, marked, first_path = string.match(rest, '^:(%d+):([01])(\n?)(.*)$')
-    if marked ~= '\n' then first_path = nil end
-    return sid, tonumber(seen), tonumber(count or '0'), first_pv, first_path
-  end
-  return nil
+  local sid, seen, who, rest = string.match(value, '^(%d+):(%d+):(%d+)(.*)')  -- whatever a later form appends
+  if not sid then return nil end
+  local count, first_pv, marked, first_path = string.match(rest, '^:(%d+):([01])(\n?)(.*)$')
+  if marked ~= '\n' then first_path = nil end
+  return sid, tonumber(seen), who, tonumber(count or '0'), first_pv, first_path
 end
 -- Ages are hours (of the clock) since a visitor's last event (on a path), plus 1 (65535: none).
 local function age(at, last_ms)
@@ -95,28 +93,33 @@ end
 -- "source\nJSON members for the row" ("" for a direct visit). It is kept while the visitor can come
 -- back: its visits start on one day and each goes on while events come. The release before kept
 -- the session and its source in keys of their own (`oa:sess:`, `oa:acq:`), which live an hour after
--- its last hit: a hash it wrote has no 's', and its visit goes on from those.
+-- its last hit, and wrote only the paths and '*' here: where it wrote last (no 's', or '*' after the
+-- session's last event), the visit goes on from those.
 local function visitor_state(pid, visitor, path_key)
   local key = 'oa:vp:' .. pid .. ':' .. visitor
-  local got = redis.call('HMGET', key, path_key, '*', 's', 'a')
-  if not got[3] and got[2] then
-    got[3] = redis.call('GET', 'oa:sess:' .. pid .. ':' .. visitor)
-    if got[3] then got[4], got[5] = redis.call('GET', 'oa:acq:' .. pid .. ':' .. visitor) or '', true end  -- (5: not in the hash)
-  end
-  return key, got
+  return key, redis.call('HMGET', key, path_key, '*', 's', 'a')
 end
 -- The live visit in `got` (the hash of `visitor`): the key and fields of the hash that keeps it, its
--- visitor, and its session (see live); nothing if there is none. A visit that began yesterday goes on
--- as yesterday's visitor, which keeps it; today's visitor's 's' names that visitor, so the visit goes
--- on while that hash keeps it (privacy deletion removes the hash).
+-- visitor, and its session (see session_of); nothing if there is none. A visit that began yesterday
+-- goes on as yesterday's visitor, which keeps it; today's visitor's 's' names that visitor, so the
+-- visit goes on while that hash keeps it, and yesterday's names today's under 'n' (for privacy
+-- deletion, which removes both).
 local function visit(pid, path_key, key, got, visitor)
-  local who = string.match(got[3] or '', '^%d+:%d+:(%d+)')
-  if who and who ~= visitor then
-    key, got = visitor_state(pid, who, path_key)
+  local sid, seen, who, count, first_pv, first_path = session_of(got[3])
+  if sid and who ~= visitor then
     visitor = who
+    key, got = visitor_state(pid, visitor, path_key)
+    sid, seen, who, count, first_pv, first_path = session_of(got[3])
   end
-  local sid, seen, count, first_pv, first_path = live(got[3])
-  if sid then return key, got, visitor, sid, seen, count, first_pv, first_path end
+  local last = got[2] and tonumber(got[2])
+  if last and (not sid or seen < last) then  -- the release before wrote last (5: the source is not in the hash)
+    local older = redis.call('GET', 'oa:sess:' .. pid .. ':' .. visitor)
+    if older then
+      got[3], got[4], got[5] = older, redis.call('GET', 'oa:acq:' .. pid .. ':' .. visitor) or '', true
+      sid, seen, who, count, first_pv, first_path = session_of(older)
+    end
+  end
+  if sid and now - seen <= idle then return key, got, visitor, sid, seen, count, first_pv, first_path end
   return nil
 end
 -- Each hit's row, arrival and acquisition, one per line: JSON from orjson holds no raw line break.
@@ -151,7 +154,7 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
     elseif not spend_site('oa:rl:collect:site:' .. pid, tonumber(sitelimit)) then
       outcome = 'rate_limited_site'
     else
-      local own_key, own = visitor_state(pid, visitor, path_key)
+      local today, own_key, own = visitor, visitor_state(pid, visitor, path_key)
       local paths_key, last, who, sid, last_at, count, first_pv, first_path = visit(pid, path_key, own_key, own, visitor)
       local named = sid ~= nil or previous == ''
       if not sid and previous ~= '' then
@@ -197,9 +200,10 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
         redis.call('HSET', paths_key, path_key, at .. ':' .. sid, '*', at, 's', kept, 'a', kept_from)
       end
       redis.call('PEXPIRE', paths_key, 86400000 + idle * 2)
-      if not named then  -- the visit goes on from yesterday's visitor: today's names it
+      if not named then  -- the visit goes on from yesterday's visitor: today's names it, and the other way
         redis.call('HSET', own_key, 's', kept)
         redis.call('PEXPIRE', own_key, 86400000 + idle * 2)
+        redis.call('HSET', paths_key, 'n', today)
       end
       -- field 'e' as in buffer.FIELD, which the worker reads
       redis.call('XADD', stream, '*', 'e', row .. acquired .. ',"visitor_id":' .. visitor .. ',"session_id":' .. sid ..

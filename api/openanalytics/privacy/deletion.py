@@ -335,37 +335,28 @@ class Deleter:
             return
         redis = self.stores.redis
         keyed = {str(v) for v in visitors}
-        # A visit that went on past midnight is named in the new day's visitor's hash, under 's'
-        # ("sid:seen:visitor:..."), by the visitor its events carry (ingest/commit.py). The release
-        # before kept sessions in keys of their own, which live an hour after its last hit.
-        prefix = f"oa:vp:{project_id}:"
-        async for key, value in self._scan(prefix + "*", lambda pipe, key: pipe.hget(key, "s")):
-            parts = value.split(b":") if value else []
-            if len(parts) >= 3 and parts[2].decode() in keyed:
-                keyed.add(key.decode()[len(prefix):])
-        older = f"oa:sess:{project_id}:"
-        async for key, value in self._scan(older + "*", lambda pipe, key: pipe.get(key)):
-            parts = value.split(b":") if value else []
-            if len(parts) >= 3 and parts[2].decode() in keyed:
-                keyed.add(key.decode()[len(older):])
+        # A visit that went on past midnight is named in the new day's visitor's hash, which the
+        # visitor its events carry names under 'n' (ingest/commit.py).
+        async with redis.pipeline(transaction=False) as pipe:
+            for visitor in keyed:
+                pipe.hget(f"oa:vp:{project_id}:{visitor}", "n")
+            keyed |= {following.decode() for following in await pipe.execute() if following}
+        # The release before kept sessions in keys of their own, which live an hour after its last
+        # hit; a visit past midnight lived on under the new day's visitor's key, whose value
+        # ("sid:seen:visitor:...") names the visitor its events carry.
+        prefix = f"oa:sess:{project_id}:"
+        found = [key async for key in redis.scan_iter(match=prefix + "*", count=SCAN_CHUNK)]
+        for first in range(0, len(found), SCAN_CHUNK):
+            chunk = found[first:first + SCAN_CHUNK]
+            for key, value in zip(chunk, await redis.mget(chunk), strict=True):
+                parts = value.split(b":") if value else []
+                if len(parts) >= 3 and parts[2].decode() in keyed:
+                    keyed.add(key.decode()[len(prefix):])
         async with redis.pipeline(transaction=False) as pipe:
             pipe.zrem(f"oa:rt:{project_id}:visitors", *[str(v) for v in visitors])
             # their paths, sessions and where those came from (commit.py), and the release before's
             pipe.delete(*[f"oa:{kind}:{project_id}:{v}" for v in keyed for kind in ("vp", "sess", "acq")])
             await pipe.execute()
-
-    async def _scan(self, pattern: str, read):
-        """Each key matching `pattern` with what `read(pipe, key)` reads of it, a chunk at a time."""
-        redis = self.stores.redis
-        found = [key async for key in redis.scan_iter(match=pattern, count=SCAN_CHUNK)]
-        for first in range(0, len(found), SCAN_CHUNK):
-            chunk = found[first:first + SCAN_CHUNK]
-            async with redis.pipeline(transaction=False) as pipe:
-                for key in chunk:
-                    read(pipe, key)
-                values = await pipe.execute()
-            for pair in zip(chunk, values, strict=True):
-                yield pair
 
 
 @dataclass
