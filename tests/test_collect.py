@@ -440,7 +440,10 @@ async def test_bodies_without_a_declared_length_are_held_to_the_limit_whole_or_i
         assert dropped.value.reason is DropReason.too_large
 
 
-def test_a_clients_hits_share_its_ids_while_the_salts_stay(monkeypatch):
+NOON = 1_795_780_800_000  # epoch ms, 2026-11-27 12:00 UTC
+
+
+async def test_a_clients_hits_share_its_ids_while_the_salts_stay(monkeypatch):
     """Address, budget tag and visitor ids are worked out once per client, and none made with a
     salt outlives it: at midnight, and when the day before's salt stops counting, all are made anew."""
     from openanalytics.ingest import clients as module
@@ -449,21 +452,37 @@ def test_a_clients_hits_share_its_ids_while_the_salts_stay(monkeypatch):
     clients = module.Clients(parse_networks(["10.0.0.0/8"]))
     today, yesterday = secrets.token_bytes(32), secrets.token_bytes(32)
     browser = {"user-agent": BROWSER, "accept-language": "en", "x-forwarded-for": "198.51.100.4"}
-    first = clients.of(yesterday, None, "10.0.0.2", browser)
-    assert first.ip == "198.51.100.4" and clients.of(yesterday, None, "10.0.0.2", dict(browser)) is first
+    first = clients.of(yesterday, None, "10.0.0.2", browser, NOON)
+    assert first.ip == "198.51.100.4" and clients.of(yesterday, None, "10.0.0.2", dict(browser), NOON) is first
     for other in ({**browser, "user-agent": BROWSER + " x"}, {**browser, "accept-language": "de"},
                   {**browser, "x-forwarded-for": "198.51.100.5"}):
-        assert clients.of(yesterday, None, "10.0.0.2", other) is not first
-    long = clients.of(yesterday, None, "10.0.0.2", {**browser, "user-agent": BROWSER + "x" * 600})
+        assert clients.of(yesterday, None, "10.0.0.2", other, NOON) is not first
+    long = clients.of(yesterday, None, "10.0.0.2", {**browser, "user-agent": BROWSER + "x" * 600}, NOON)
     assert long.user_agent == (BROWSER + "x" * 600)[:512], "cut before parsing and hashing"
     visitor, _ = first.visitors_in("p1")
     assert first.visitors_in("p2")[0] != visitor and first.visitors_in("p1") == (visitor, None)
-    midnight = clients.of(today, yesterday, "10.0.0.2", browser)
+    midnight = clients.of(today, yesterday, "10.0.0.2", browser, NOON)
     assert midnight is not first and midnight.budget_tag != first.budget_tag
     assert midnight.visitors_in("p1")[1] == visitor != midnight.visitors_in("p1")[0], "yesterday's goes on"
-    later = clients.of(today, None, "10.0.0.2", browser)
+    later = clients.of(today, None, "10.0.0.2", browser, NOON)
     assert later is not midnight and later.visitors_in("p1") == (midnight.visitors_in("p1")[0], None)
 
     monkeypatch.setattr(module, "MAX_CLIENTS", 2)
-    assert clients.of(today, None, "10.0.0.2", {**browser, "accept-language": "fr"}) is not later
-    assert clients.of(today, None, "10.0.0.2", browser) is not later, "past the bound, all are forgotten"
+    assert clients.of(today, None, "10.0.0.2", {**browser, "accept-language": "fr"}, NOON) is not later
+    assert clients.of(today, None, "10.0.0.2", browser, NOON) is not later, "past the bound, all are forgotten"
+
+
+async def test_the_clients_are_forgotten_when_their_salts_end_without_a_hit():
+    from openanalytics.ingest.client_ip import parse_networks
+    from openanalytics.ingest.clients import Clients
+
+    clients, browser = Clients(parse_networks([])), {"user-agent": BROWSER, "accept-language": "en"}
+    day, salt, previous = 1_795_737_600_000, secrets.token_bytes(32), secrets.token_bytes(32)  # a UTC midnight
+    first = clients.of(salt, None, "198.51.100.4", browser, day + 86_400_000 - 50)  # 50 ms before midnight
+    assert clients.of(salt, None, "198.51.100.4", browser, day + 86_400_000 - 40) is first
+    await asyncio.sleep(0.1)
+    assert clients.of(salt, None, "198.51.100.4", browser, day + 86_400_000 - 30) is not first, "forgotten at midnight"
+    after = clients.of(salt, previous, "198.51.100.4", browser, day + 30 * 60_000 - 50)  # just after midnight
+    await asyncio.sleep(0.1)
+    assert clients.of(salt, previous, "198.51.100.4", browser, day + 30 * 60_000 - 30) is not after, \
+        "forgotten when the day before's salt stops counting"

@@ -4,17 +4,22 @@ A client is what sent a hit: its peer address and X-Forwarded-For, User-Agent an
 Accept-Language. Its address, the tag of its per-IP budget and its visitor ids (keyed hashes)
 come out the same for each of its hits, so they are worked out once. Everything here is kept
 in memory only, and all of it goes when the salts change (at midnight, and when the day
-before's salt stops counting): nothing made with a salt outlives the salt's day.
+before's salt stops counting), by a timer if no hit comes then: nothing made with a salt
+outlives the salt's day.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from openanalytics.auth.ratelimit import client_tag
 from openanalytics.ingest.client_ip import Networks, client_ip
-from openanalytics.ingest.visitor import anonymise_ip, visitor_hash
+from openanalytics.ingest.visitor import SESSION_IDLE, anonymise_ip, visitor_hash
 
 MAX_USER_AGENT = 512  # longer ones are cut before parsing and hashing (no browser sends more)
 MAX_CLIENTS = 20_000  # past it the clients are forgotten and worked out again
+DAY_MS = 86_400_000
+SESSION_IDLE_MS = int(SESSION_IDLE.total_seconds() * 1000)
 
 
 class Client:
@@ -48,11 +53,15 @@ class Clients:
         self.trusted_proxies = trusted_proxies
         self._salts: tuple[bytes, bytes | None] = (b"", None)
         self._known: dict[tuple[str, str | None, str, str], Client] = {}
+        self._timer: asyncio.TimerHandle | None = None
 
-    def of(self, salt: bytes, previous_salt: bytes | None, peer: str, headers: dict[str, str]) -> Client:
+    def of(self, salt: bytes, previous_salt: bytes | None, peer: str, headers: dict[str, str],
+           received_ms: int) -> Client:
+        """The client of a hit received at `received_ms` (epoch ms) with these salts."""
         if (salt, previous_salt) != self._salts or len(self._known) >= MAX_CLIENTS:
-            self._known.clear()
+            self.forget()
             self._salts = (salt, previous_salt)
+            self._forget_at_end(received_ms, previous_salt is not None)
         forwarded_for = headers.get("x-forwarded-for")
         user_agent, accept_language = headers.get("user-agent", ""), headers.get("accept-language", "")
         key = (peer, forwarded_for, user_agent, accept_language)
@@ -61,3 +70,21 @@ class Clients:
             ip = client_ip(peer, forwarded_for, self.trusted_proxies)
             self._known[key] = client = Client(ip, user_agent, accept_language, salt, previous_salt)
         return client
+
+    def forget(self) -> None:
+        self._known.clear()
+        self._salts = (b"", None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _forget_at_end(self, received_ms: int, with_previous: bool) -> None:
+        """In a running loop, forget at the end of these salts' time (the day's, or the first idle
+        time after midnight, while the day before's counts too), whether or not a hit comes then."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        start = received_ms - received_ms % DAY_MS
+        end = start + (SESSION_IDLE_MS if with_previous else DAY_MS)
+        self._timer = loop.call_later(max(0, end - received_ms) / 1000, self.forget)

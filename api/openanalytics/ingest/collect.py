@@ -394,7 +394,8 @@ class Collector:
         if not any(found):
             return [], [(ignored or DropReason.unknown_site).value] * len(items)  # nothing to attribute to a site
         days = salt_days(received_ms)
-        client = self.clients.of(salts[days[0]], salts[days[1]] if len(days) > 1 else None, peer, headers)
+        client = self.clients.of(salts[days[0]], salts[days[1]] if len(days) > 1 else None, peer, headers,
+                                 received_ms)
         hit = Hit(client, received_ms)
         fields, unattributed = [], []
         for item, site in zip(items, found, strict=True):
