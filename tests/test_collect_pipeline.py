@@ -441,6 +441,13 @@ async def test_a_visit_a_pod_of_the_release_before_began_goes_on_with_its_source
     sid, google = int(session.split(b":")[0]), "https://www.google.com/"
     assert [r[1:] for r in found] == [(sid, 1, ""), (sid, 2, google), (sid, 3, google),
                                       (older, 2, "https://www.bing.com/")]
+    # that pod's key, had it not been written with the hash's last event, is not the visit's
+    await stores.redis.set(f"oa:sess:{tenant.id}:{visitor}", f"999:{at}:{visitor}:1:1", px=3_600_000)
+    await stores.redis.hset(key, "*", at + 6 * 60_000)
+    app.state.collector.clock = lambda: start + timedelta(minutes=22)
+    await send(app, tenant, url="https://shop.example/later")
+    found = sorted(await rows(stores, worker, tenant, "received_at, session_id, session_seq"))
+    assert found[-1][1:] == (older, 3)
 
 
 async def test_a_batch_for_two_sites_gives_each_its_own_visitor(app, stores, worker, make_tenant):

@@ -114,9 +114,10 @@ local function visit(pid, path_key, key, got, visitor)
   local last = got[2] and tonumber(got[2])
   if last and (not sid or seen < last) then  -- the release before wrote last (5: the source is not in the hash)
     local older = redis.call('GET', 'oa:sess:' .. pid .. ':' .. visitor)
-    if older then
+    local o_sid, o_seen, _, o_count, o_first_pv, o_first_path = session_of(older)
+    if o_sid and (not sid or o_seen >= last) then
       got[3], got[4], got[5] = older, redis.call('GET', 'oa:acq:' .. pid .. ':' .. visitor) or '', true
-      sid, seen, who, count, first_pv, first_path = session_of(older)
+      sid, seen, count, first_pv, first_path = o_sid, o_seen, o_count, o_first_pv, o_first_path
     end
   end
   if sid and now - seen <= idle then return key, got, visitor, sid, seen, count, first_pv, first_path end
