@@ -448,8 +448,9 @@ async def test_a_clients_hits_share_its_ids_while_the_salts_stay(monkeypatch):
     salt outlives it: at midnight, and when the day before's salt stops counting, all are made anew."""
     from openanalytics.ingest import clients as module
     from openanalytics.ingest.client_ip import parse_networks
+    from openanalytics.ingest.collect import salts_end
 
-    clients = module.Clients(parse_networks(["10.0.0.0/8"]))
+    clients = module.Clients(parse_networks(["10.0.0.0/8"]), salts_end)
     today, yesterday = secrets.token_bytes(32), secrets.token_bytes(32)
     browser = {"user-agent": BROWSER, "accept-language": "en", "x-forwarded-for": "198.51.100.4"}
     first = clients.of(yesterday, None, "10.0.0.2", browser, NOON)
@@ -475,8 +476,9 @@ async def test_a_clients_hits_share_its_ids_while_the_salts_stay(monkeypatch):
 async def test_the_clients_are_forgotten_when_their_salts_end_without_a_hit():
     from openanalytics.ingest.client_ip import parse_networks
     from openanalytics.ingest.clients import Clients
+    from openanalytics.ingest.collect import salts_end
 
-    clients, browser = Clients(parse_networks([])), {"user-agent": BROWSER, "accept-language": "en"}
+    clients, browser = Clients(parse_networks([]), salts_end), {"user-agent": BROWSER, "accept-language": "en"}
     day, salt, previous = 1_795_737_600_000, secrets.token_bytes(32), secrets.token_bytes(32)  # a UTC midnight
     first = clients.of(salt, None, "198.51.100.4", browser, day + 86_400_000 - 50)  # 50 ms before midnight
     assert clients.of(salt, None, "198.51.100.4", browser, day + 86_400_000 - 40) is first

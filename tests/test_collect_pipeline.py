@@ -12,6 +12,7 @@ import pytest
 
 from openanalytics.ingest.client_ip import parse_networks
 from openanalytics.ingest.clients import Clients
+from openanalytics.ingest.collect import salts_end
 from openanalytics.ingest.geo import Geo
 from openanalytics.ingest.visitor import anonymise_ip
 from tests.conftest import BROWSER
@@ -167,7 +168,7 @@ async def test_no_ip_in_redis_either(app, stores, tenant):
 async def test_forwarded_for_spoofing_does_not_move_the_client(app, stores, worker, tenant, city_db):
     app.state.collector.geo = Geo(city_db)
     await send(app, tenant, ip="198.51.100.7", headers={"X-Forwarded-For": "2001:db8::1"})  # untrusted peer
-    app.state.collector.clients = Clients(parse_networks(["10.0.0.0/8"]))
+    app.state.collector.clients = Clients(parse_networks(["10.0.0.0/8"]), salts_end)
     await send(app, tenant, ip="10.0.0.9", headers={"X-Forwarded-For": "2001:db8::1, 10.0.0.3"})  # trusted chain
     await send(app, tenant, ip="10.0.0.9", headers={"X-Forwarded-For": "198.51.100.7, 2001:db8::1"})  # spoofed left
     assert [r[0] for r in sorted(await rows(stores, worker, tenant, "country, received_at"), key=lambda r: r[1])] == ["NL", "DE", "DE"]

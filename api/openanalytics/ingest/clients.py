@@ -11,15 +11,14 @@ outlives the salt's day.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from openanalytics.auth.ratelimit import client_tag
 from openanalytics.ingest.client_ip import Networks, client_ip
-from openanalytics.ingest.visitor import SESSION_IDLE, anonymise_ip, visitor_hash
+from openanalytics.ingest.visitor import anonymise_ip, visitor_hash
 
 MAX_USER_AGENT = 512  # longer ones are cut before parsing and hashing (no browser sends more)
 MAX_CLIENTS = 20_000  # past it the clients are forgotten and worked out again
-DAY_MS = 86_400_000
-SESSION_IDLE_MS = int(SESSION_IDLE.total_seconds() * 1000)
 
 
 class Client:
@@ -49,8 +48,10 @@ class Client:
 
 
 class Clients:
-    def __init__(self, trusted_proxies: Networks):
+    def __init__(self, trusted_proxies: Networks, salts_end: Callable[[int], int]):
+        """`salts_end(ms)`: when the salts of a hit received at `ms` stop being a hit's (epoch ms)."""
         self.trusted_proxies = trusted_proxies
+        self.salts_end = salts_end
         self._salts: tuple[bytes, bytes | None] = (b"", None)
         self._known: dict[tuple[str, str | None, str, str], Client] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -61,7 +62,7 @@ class Clients:
         if (salt, previous_salt) != self._salts or len(self._known) >= MAX_CLIENTS:
             self.forget()
             self._salts = (salt, previous_salt)
-            self._forget_at_end(received_ms, previous_salt is not None)
+            self._forget_at_end(received_ms)
         forwarded_for = headers.get("x-forwarded-for")
         user_agent, accept_language = headers.get("user-agent", ""), headers.get("accept-language", "")
         key = (peer, forwarded_for, user_agent, accept_language)
@@ -78,13 +79,10 @@ class Clients:
             self._timer.cancel()
             self._timer = None
 
-    def _forget_at_end(self, received_ms: int, with_previous: bool) -> None:
-        """In a running loop, forget at the end of these salts' time (the day's, or the first idle
-        time after midnight, while the day before's counts too), whether or not a hit comes then."""
+    def _forget_at_end(self, received_ms: int) -> None:
+        """In a running loop, forget when these salts stop being a hit's, whether or not a hit comes then."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        start = received_ms - received_ms % DAY_MS
-        end = start + (SESSION_IDLE_MS if with_previous else DAY_MS)
-        self._timer = loop.call_later(max(0, end - received_ms) / 1000, self.forget)
+        self._timer = loop.call_later(max(0, self.salts_end(received_ms) - received_ms) / 1000, self.forget)

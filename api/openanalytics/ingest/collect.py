@@ -59,6 +59,7 @@ _random = random.Random()
 os.register_at_fork(after_in_child=_random.seed)  # forked workers must not share session ids
 SITE_LOOKUPS_PER_SECOND = 200  # per process: site ids not in the cache, looked up in the database
 SESSION_IDLE_MS = int(SESSION_IDLE.total_seconds() * 1000)
+DAY_MS = 86_400_000
 
 
 class TokenBucket:
@@ -274,7 +275,7 @@ class Collector:
         self._looking: dict[str, asyncio.Future] = {}  # site id -> its one lookup in flight
         self.salts = Salts(stores.redis)
         self.committer = commit.Committer(stores.redis, self.settings.stream_key, WINDOW_MS, SESSION_IDLE_MS)
-        self.clients = Clients(parse_networks(self.settings.trusted_proxies))
+        self.clients = Clients(parse_networks(self.settings.trusted_proxies), salts_end)
         # The sites and salts of a batch are looked up before the steps run (intake.py); the budgets,
         # the session and storing happen last, in Redis, for the whole batch (commit.py).
         self.steps = [
@@ -420,9 +421,16 @@ class Collector:
 def salt_days(ms: int) -> list[str]:
     """The UTC day of epoch millisecond `ms`, and the day before within a session's idle time after midnight."""
     today = _second_and_day(ms // 1000)[1]
-    if ms % 86_400_000 > SESSION_IDLE_MS:
+    if ms % DAY_MS > SESSION_IDLE_MS:
         return [today]
     return [today, _second_and_day(ms // 1000 - 86_400)[1]]
+
+
+def salts_end(ms: int) -> int:
+    """When the salts salt_days(ms) names stop being a hit's (epoch ms): at midnight, or once the
+    day before's stops counting."""
+    start, into = ms - ms % DAY_MS, ms % DAY_MS
+    return start + (SESSION_IDLE_MS if into <= SESSION_IDLE_MS else DAY_MS)
 
 
 @router.post(
