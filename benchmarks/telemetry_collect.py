@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from _load import cpu_seconds, free_port, load, load_arguments, run, start_server, wait_stored
-from collect_pipeline import REDIS_URL, collect_request
+from collect_pipeline import REDIS_URL, collect_request, serve_full
 
 
 async def sink(scope, receive, send) -> None:
@@ -38,19 +38,12 @@ def serve_sink(port: int) -> None:
 
 
 def serve(port: int) -> None:
-    """As `openanalytics serve` does it: telemetry (if configured) before the stores."""
-    import uvicorn
-
+    """As `openanalytics serve` does it (collect_pipeline.serve_full): telemetry (if configured) first."""
     from openanalytics import telemetry
-    from openanalytics.app import create_app, served, settle_heap
-    from openanalytics.config import Settings
-    from openanalytics.runtime import Stores
 
     _pin(1)
     telemetry.configure("openanalytics-api")
-    app = create_app(Stores.open(Settings()), owns_stores=True)
-    settle_heap()  # as the CLI does
-    uvicorn.run(served(app), host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False)
+    serve_full(port)
 
 
 def _pin(cpu: int) -> None:
