@@ -206,3 +206,18 @@ podAntiAffinity:
 - {name: metrics, containerPort: {{ . }}, protocol: TCP}
 {{- end }}
 {{- end }}
+
+{{/* The data volume of an in-release store's StatefulSet: include "oa.storeVolumeClaims" (list . .Values.stores.redis) */}}
+{{- define "oa.storeVolumeClaims" -}}
+{{- $root := index . 0 }}
+{{- $store := index . 1 -}}
+- metadata:
+    name: data
+  spec:
+    accessModes: [ReadWriteOnce]
+    {{- with $root.Values.stores.storageClassName }}
+    storageClassName: {{ . }}
+    {{- end }}
+    resources:
+      requests: {storage: {{ $store.storage }}}
+{{- end }}
