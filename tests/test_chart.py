@@ -33,7 +33,8 @@ pytestmark = pytest.mark.chart
 VALUE_SETS: dict[str, dict] = {
     "defaults": {},
     "everything": {
-        "stores": {"postgresql": {"deploy": True}, "redis": {"deploy": True}, "clickhouse": {"deploy": True}},
+        "stores": {"postgresql": {"deploy": True}, "redis": {"deploy": True}, "clickhouse": {"deploy": True},
+                   "storageClassName": "fast-ssd"},
         "api": {"ingress": {"enabled": True, "className": "nginx",
                             "tls": [{"secretName": "analytics-tls", "hosts": ["analytics.example.com"]}]},
                 "autoscaling": {"enabled": True}},
@@ -200,6 +201,11 @@ def test_the_crd_exists_once():
     ({"plans": {"pro": {"requests": 5}}}, "requests"),
     ({"stores": {"postgresql": {"url": "mysql://db/x"}}}, "/stores/postgresql/url"),
     ({"stores": {"redis": {"existingSecret": {"name": "Bad_Name", "key": "url"}}}}, "/stores/redis/existingSecret"),
+    ({"stores": {"redis": {"appendfsync": "no"}}}, "/stores/redis/appendfsync"),  # the OS's choice: seconds lost
+    ({"stores": {"redis": {"appendfsync": "sometimes"}}}, "/stores/redis/appendfsync"),
+    ({"stores": {"redis": {"maxmemory": "0"}}}, "/stores/redis/maxmemory"),  # 0 is no limit at all
+    ({"stores": {"redis": {"maxmemory": "400Mi"}}}, "/stores/redis/maxmemory"),  # a Kubernetes unit Redis refuses
+    ({"stores": {"redis": {"storage": "lots"}}}, "/stores/redis/storage"),
     ({"api": {"service": {"type": "Magic"}}}, "/api/service/type"),
     ({"api": {"ingress": {"hosts": ["not a host"]}}}, "/api/ingress/hosts"),
     ({"config": {"trustedProxies": ["everyone"]}}, "/config/trustedProxies"),
@@ -340,7 +346,7 @@ def test_in_release_stores_get_generated_passwords(tools, tmp_path):
                                               "@oa-openanalytics-postgresql:5432/openanalytics")
     names = list(env)  # $(VAR) expands only variables defined before it
     assert names.index("OA_POSTGRESQL_PASSWORD") < names.index("OA_DATABASE_URL")
-    for kind, name in (("StatefulSet", "oa-openanalytics-postgresql"), ("Deployment", "oa-openanalytics-redis"),
+    for kind, name in (("StatefulSet", "oa-openanalytics-postgresql"), ("StatefulSet", "oa-openanalytics-redis"),
                        ("StatefulSet", "oa-openanalytics-clickhouse"), ("Service", "oa-openanalytics-clickhouse")):
         find(docs, kind, name)
     defaults = render(tools, tmp_path, {})
@@ -354,6 +360,140 @@ def test_passwords_of_the_in_release_stores_from_your_secret(tools, tmp_path):
     assert not [d for d in docs if d["kind"] == "Secret"]
     assert env_of(docs, "worker")["OA_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "store-passwords",
                                                                                         "key": "redis"}
+
+
+# -- the in-release Redis keeps what the API accepted (a 202 is a promise) --------------------------
+
+
+def _redis(docs: list[dict]) -> dict:
+    return find(docs, "StatefulSet", "oa-openanalytics-redis")
+
+
+def _redis_args(docs: list[dict]) -> dict[str, str]:
+    args = _redis(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert len(args) % 2 == 0 and all(a.startswith("--") for a in args[::2]), args
+    return dict(zip(args[::2], args[1::2]))
+
+
+def test_in_release_stores_keep_their_data_on_a_volume(tools, tmp_path):
+    docs = render(tools, tmp_path, VALUE_SETS["everything"])
+    assert not [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-redis")]
+    for store, size, mount in (("postgresql", "8Gi", "/var/lib/postgresql/data"), ("redis", "8Gi", "/data"),
+                               ("clickhouse", "20Gi", "/var/lib/clickhouse")):
+        name = f"oa-openanalytics-{store}"
+        statefulset = find(docs, "StatefulSet", name)["spec"]
+        assert statefulset["serviceName"] == name and find(docs, "Service", name)
+        assert statefulset["volumeClaimTemplates"] == [{
+            "metadata": {"name": "data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast-ssd",
+                     "resources": {"requests": {"storage": size}}}}]
+        pod = statefulset["template"]
+        assert {"name": "data", "mountPath": mount} in pod["spec"]["containers"][0]["volumeMounts"]
+        assert "data" not in {v["name"] for v in pod["spec"].get("volumes", [])}  # no emptyDir over the claim
+        # Only stable labels on the pods: a chart upgrade must not restart a store.
+        assert pod["metadata"]["labels"] == statefulset["selector"]["matchLabels"]
+    sized = render(tools, tmp_path, {"stores": {"redis": {"deploy": True, "storage": "2Gi"}}})
+    claim = _redis(sized)["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert claim["resources"]["requests"]["storage"] == "2Gi" and "storageClassName" not in claim  # cluster default
+
+
+def test_in_release_redis_writes_an_append_only_file_and_refuses_instead_of_evicting(tools, tmp_path):
+    args = _redis_args(render(tools, tmp_path, VALUE_SETS["everything"]))
+    assert args["--appendonly"] == "yes" and args["--appendfsync"] == "everysec"
+    assert args["--maxmemory-policy"] == "noeviction"
+    assert args["--maxmemory"] == "400mb"  # below the 512Mi limit: Redis says no before the kernel kills it
+    assert args["--dir"] == "/data" and args["--requirepass"] == "$(REDIS_PASSWORD)"
+    stricter = render(tools, tmp_path, {"stores": {"redis": {
+        "deploy": True, "appendfsync": "always", "maxmemory": "1600mb", "resources": {
+            "requests": {"cpu": "100m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}}}})
+    validate(stricter)
+    args = _redis_args(stricter)
+    assert (args["--appendfsync"], args["--maxmemory"]) == ("always", "1600mb")
+    assert _redis_args(render(tools, tmp_path, {"stores": {"redis": {"deploy": True, "maxmemory": 300000000}}}))[
+        "--maxmemory"] == "300000000"  # plain bytes, not 3e+08
+
+
+@pytest.mark.parametrize(("maxmemory", "limit"), [("512mb", "512Mi"), ("400mb", "256Mi"), ("1gb", "1G")])
+def test_redis_maxmemory_at_or_past_the_memory_limit_is_refused(tools, tmp_path, maxmemory, limit):
+    values = {"stores": {"redis": {"deploy": True, "maxmemory": maxmemory,
+                                   "resources": {"requests": {"memory": "128Mi"}, "limits": {"memory": limit}}}}}
+    done = run(tools, "helm", "template", "oa", str(CHART), "-f", values_file(tmp_path, values), check=False)
+    assert done.returncode != 0
+    assert f"stores.redis.maxmemory ({maxmemory}) must be below stores.redis.resources.limits.memory" in done.stderr
+
+
+def _fake_redis_cli(tmp_path: Path, body: str) -> dict[str, str]:
+    """An environment whose redis-cli runs `body` (sh), for the probes' commands."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "redis-cli").write_text(f"#!/bin/sh\n{body}\n")
+    (bin_dir / "redis-cli").chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+def _probe(container: dict, probe: str, env: dict[str, str]) -> int:
+    return subprocess.run(container[probe]["exec"]["command"], env=env, capture_output=True, timeout=30).returncode
+
+
+@pytest.mark.parametrize(("reply", "ready", "alive"), [
+    ("PONG", True, True),
+    ("LOADING Redis is loading the dataset in memory", False, True),  # reloading a long append-only file
+    ("NOAUTH Authentication required.", False, False),  # redis-cli exits 0 on these: the reply is what counts
+    ("", False, False),
+])
+def test_redis_probes_read_the_reply_and_spare_a_loading_redis(tools, tmp_path, reply, ready, alive):
+    container = _redis(render(tools, tmp_path, VALUE_SETS["everything"]))["spec"]["template"]["spec"]["containers"][0]
+    env = _fake_redis_cli(tmp_path, f"[ \"$*\" = ping ] && echo '{reply}'")
+    assert (_probe(container, "readinessProbe", env) == 0) is ready
+    assert (_probe(container, "livenessProbe", env) == 0) is alive
+
+
+def test_in_release_redis_args_keep_an_acknowledged_write_through_a_kill(tools, tmp_path):
+    """redis-server started with the rendered arguments (on a free port, a temporary /data) answers
+    the probes and, killed with SIGKILL right after acknowledging an XADD, has it when it starts again."""
+    server = shutil.which("redis-server")
+    if not server or not shutil.which("redis-cli"):
+        pytest.skip("needs redis-server and redis-cli")
+    import socket
+    import time
+
+    container = _redis(render(tools, tmp_path, VALUE_SETS["everything"]))["spec"]["template"]["spec"]["containers"][0]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path / "data"
+    data.mkdir()
+    args = [{"$(REDIS_PASSWORD)": "s3cret", "/data": str(data)}.get(a, a) for a in container["args"]]
+    command = [server, *args, "--port", str(port), "--bind", "127.0.0.1"]
+    env = _fake_redis_cli(tmp_path, f'exec {shutil.which("redis-cli")} -p {port} "$@"')
+    env["REDISCLI_AUTH"] = "s3cret"
+
+    def cli(*words: str) -> str:
+        return subprocess.run(["redis-cli", *words], env=env, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    def start() -> subprocess.Popen:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while _probe(container, "readinessProbe", env) != 0:
+            assert process.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        return process
+
+    process = start()
+    try:
+        assert _probe(container, "livenessProbe", env) == 0
+        assert cli("config", "get", "appendonly").split() == ["appendonly", "yes"]
+        assert cli("config", "get", "maxmemory-policy").split() == ["maxmemory-policy", "noeviction"]
+        assert cli("config", "get", "maxmemory").split() == ["maxmemory", str(400 * 1024 * 1024)]
+        assert cli("xadd", "oa:ingest", "*", "event", "accepted")
+        process.kill()
+        process.wait(10)
+        process = start()
+        assert cli("xlen", "oa:ingest") == "1"
+        assert (_probe(container, "readinessProbe", {**env, "REDISCLI_AUTH": "wrong"}) == 0) is False
+    finally:
+        process.kill()
+        process.wait(10)
 
 
 def test_names_fit_kubernetes_limits(tools, tmp_path):

@@ -221,3 +221,28 @@ podAntiAffinity:
     resources:
       requests: {storage: {{ $store.storage }}}
 {{- end }}
+
+{{/* Bytes of a size with a unit from the table, e.g. (list "512Mi" (dict "Mi" 1048576)); empty when not understood. */}}
+{{- define "oa.bytes" -}}
+{{- $size := index . 0 }}
+{{- $units := index . 1 }}
+{{- if kindIs "string" $size }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $size }}
+{{- $unit := trimPrefix $number $size }}
+{{- if and $number (hasKey $units $unit) }}{{ mulf (float64 $number) (index $units $unit) }}{{ end }}
+{{- else if $size }}{{ float64 $size }}
+{{- end }}
+{{- end }}
+
+{{/* stores.redis.maxmemory as redis-server takes it; refused unless below the container's memory limit. */}}
+{{- define "oa.redisMaxmemory" -}}
+{{- $redis := .Values.stores.redis }}
+{{- $maxmemory := kindIs "string" $redis.maxmemory | ternary $redis.maxmemory (int64 $redis.maxmemory | toString) }}
+{{- $bytes := include "oa.bytes" (list (lower $maxmemory) (dict "" 1 "b" 1 "k" 1000 "kb" 1024 "m" 1000000 "mb" 1048576 "g" 1000000000 "gb" 1073741824)) }}
+{{- $limit := dig "limits" "memory" "" $redis.resources }}
+{{- $limitBytes := include "oa.bytes" (list $limit (dict "" 1 "k" 1000 "Ki" 1024 "M" 1000000 "Mi" 1048576 "G" 1000000000 "Gi" 1073741824 "T" 1000000000000 "Ti" 1099511627776)) }}
+{{- if and $bytes $limitBytes (ge (float64 $bytes) (float64 $limitBytes)) }}
+{{- fail (printf "stores.redis.maxmemory (%s) must be below stores.redis.resources.limits.memory (%v), with room to spare: Redis must refuse writes before the kernel kills it" $maxmemory $limit) }}
+{{- end }}
+{{- $maxmemory }}
+{{- end }}
