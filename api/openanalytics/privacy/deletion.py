@@ -24,15 +24,18 @@ next worker starts the request over. Every step is idempotent:
 
 Only then is the request completed. The user id is then cleared from the request row:
 the audit trail keeps its hash, the counts and the times.
+
+A failed attempt (a store down, a mutation not done in time) is retried with backoff, 1 s
+doubling up to a minute, for `OA_PRIVACY_RETRY_SECONDS` (a day by default) from the first
+attempt; only then does the request end `failed`. Its `error` is a code of failures.py, never
+an exception's text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -41,7 +44,11 @@ from sqlalchemy import func, or_, select, update
 
 from openanalytics import telemetry
 from openanalytics.ingest.buffer import FIELD
+from openanalytics.privacy.failures import DeletionFailed, code_of
 from openanalytics.privacy.models import PrivacyRequest
+from openanalytics.privacy.tombstones import (
+    forget_sessions, forget_user, forgotten, prune_tombstones, tombstone_key, user_tag,
+)
 from openanalytics.projects.models import Project
 from openanalytics.provisioning.events_schema import PATH_SUMS_VERSION, database_name
 from openanalytics.runtime import Stores
@@ -49,8 +56,8 @@ from openanalytics.runtime import Stores
 log = logging.getLogger(__name__)
 
 LEASE = timedelta(minutes=5)
-MAX_ATTEMPTS = 5
-TOMBSTONE_SECONDS = 24 * 3600  # far longer than any event waits in the stream
+FIRST_RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 60.0  # a store back from an outage is used again within a minute
 SCAN_CHUNK = 1000
 MUTATION_POLL_SECONDS = 0.2
 MUTATION_SECONDS = 600  # then the attempt fails and is retried
@@ -72,14 +79,6 @@ def _statements(theirs: str, params: dict, sessions: list[int]) -> list[tuple[st
     return statements
 
 
-def forget_key(project_id: str) -> str:
-    return f"oa:forget:{project_id}"
-
-
-def forget_sessions_key(project_id: str) -> str:
-    return f"oa:forget:{project_id}:sessions"
-
-
 @dataclass
 class Claimed:
     id: str
@@ -89,10 +88,16 @@ class Claimed:
     attempt: int  # fences the outcome: a worker whose lease ran out must not overwrite a later one
 
 
+def retry_delay(attempt: int) -> float:
+    """Seconds before the attempt after `attempt` (1, 2, 4 ... up to MAX_RETRY_SECONDS)."""
+    return min(FIRST_RETRY_SECONDS * 2 ** min(attempt - 1, 16), MAX_RETRY_SECONDS)
+
+
 class Deleter:
     def __init__(self, stores: Stores, lease: timedelta = LEASE):
         self.stores = stores
         self.lease = lease
+        self.retry_for = timedelta(seconds=stores.settings.privacy_retry_seconds)
 
     # -- the request row ---------------------------------------------------------
 
@@ -100,19 +105,20 @@ class Deleter:
         now = datetime.now(UTC)
         with self.stores.db.session() as session:
             due = session.scalars(select(PrivacyRequest).where(or_(
-                PrivacyRequest.status == "queued",
+                (PrivacyRequest.status == "queued")
+                & or_(PrivacyRequest.next_attempt_at.is_(None), PrivacyRequest.next_attempt_at <= now),
                 (PrivacyRequest.status == "running") & (PrivacyRequest.lease_until < now),
             )).order_by(PrivacyRequest.created_at).limit(10)).all()
             for row in due:
-                if row.attempts >= MAX_ATTEMPTS:
-                    row.status, row.completed_at, row.lease_until, row.user_id = "failed", now, None, None
-                    row.error = row.error or "gave up"
-                    continue
+                if row.status == "running":  # its worker died: that attempt failed
+                    row.error = "interrupted"
+                    if self._given_up(row, now):
+                        continue
                 # Optimistic: whoever bumps `attempts` from the value it read owns the request.
                 attempt = row.attempts + 1
                 taken = session.execute(update(PrivacyRequest).where(
                     PrivacyRequest.id == row.id, PrivacyRequest.attempts == row.attempts,
-                ).values(status="running", lease_until=now + self.lease, attempts=attempt,
+                ).values(status="running", lease_until=now + self.lease, attempts=attempt, next_attempt_at=None,
                          started_at=func.coalesce(PrivacyRequest.started_at, now)))
                 if taken.rowcount == 1:
                     return Claimed(row.id, row.project_id, row.user_id or "", int(row.created_at.timestamp() * 1000),
@@ -127,7 +133,7 @@ class Deleter:
         with self.stores.db.session() as session:
             row = self._mine(session, claimed)
             if row is None:
-                raise RuntimeError("the request was taken over (its lease ran out)")
+                raise DeletionFailed("interrupted")  # taken over: its lease ran out
             row.lease_until = datetime.now(UTC) + self.lease
 
     def _finish(self, claimed: Claimed, stored: int, queued: int) -> None:
@@ -138,19 +144,28 @@ class Deleter:
             row.status, row.completed_at, row.lease_until = "completed", datetime.now(UTC), None
             row.events_deleted, row.queued_events_deleted, row.error, row.user_id = stored, queued, None, None
 
-    def _failed(self, claimed: Claimed, error: str) -> str:
-        """Record the failure; returns the status it leaves: failed for good, or queued again."""
+    def _given_up(self, row: PrivacyRequest, now: datetime) -> bool:
+        """End the request `failed` if it has been retried long enough (the audit trail keeps no user id)."""
+        if now < (row.started_at or row.created_at) + self.retry_for:
+            return False
+        row.status, row.completed_at, row.lease_until, row.next_attempt_at, row.user_id = \
+            "failed", now, None, None, None
+        return True
+
+    def _failed(self, claimed: Claimed, code: str) -> tuple[str, float]:
+        """Record the failure; returns the status it leaves (failed for good, or queued again) and the
+        seconds until the next attempt."""
+        now = datetime.now(UTC)
         with self.stores.db.session() as session:
             row = self._mine(session, claimed)
             if row is None:
-                return "superseded"  # a later attempt owns the request now
-            row.error = error[:2000]
-            if row.attempts >= MAX_ATTEMPTS:
-                row.status, row.completed_at, row.lease_until, row.user_id = "failed", datetime.now(UTC), None, None
-            else:
-                row.status, row.lease_until = "queued", None  # retried on a later run
-                return "requeued"
-            return row.status
+                return "superseded", 0.0  # a later attempt owns the request now
+            row.error = code
+            if self._given_up(row, now):
+                return "failed", 0.0
+            delay = retry_delay(row.attempts)
+            row.status, row.lease_until, row.next_attempt_at = "queued", None, now + timedelta(seconds=delay)
+            return "requeued", delay
 
     # -- the work ----------------------------------------------------------------
 
@@ -163,9 +178,11 @@ class Deleter:
                                                  "oa.attempt": claimed.attempt}) as span:
             try:
                 stored, queued = await self.delete_user(claimed)
-            except Exception as exc:
-                log.warning("privacy request %s failed: %s", claimed.id, exc)
-                status = await asyncio.to_thread(self._failed, claimed, str(exc))
+            except Exception as exc:  # its text may hold the user id or a store's URL: only its code goes on
+                code = code_of(exc)
+                status, delay = await asyncio.to_thread(self._failed, claimed, code)
+                log.warning("privacy request %s: attempt %d failed (%s, %s); %s", claimed.id, claimed.attempt, code,
+                            type(exc).__name__, f"retrying in {delay:.0f} s" if status == "requeued" else status)
             else:
                 await asyncio.to_thread(self._finish, claimed, stored, queued)
                 status = "completed"
@@ -187,12 +204,13 @@ class Deleter:
         """
         redis, project_id, user_id = self.stores.redis, claimed.project_id, claimed.user_id
         if not user_id:
-            raise RuntimeError("the request has no user id")
+            raise DeletionFailed("missing_user_id")
+        key = await tombstone_key(self.stores.db)
+        tag = user_tag(key, project_id, user_id)
         await prune_tombstones(redis, project_id)
         # Their sessions in the stream, before the tombstone lets the flusher drop their events there.
         _, visitors, sessions = await self._in_stream(project_id, user_id, claimed.requested_ms)
-        await redis.hset(forget_key(project_id), user_id, claimed.requested_ms)
-        await redis.expire(forget_key(project_id), TOMBSTONE_SECONDS)
+        await forget_user(redis, project_id, tag, claimed.requested_ms)
         table, _ = await asyncio.to_thread(self._table, project_id)
         store = self.stores.events
         params = {"user": user_id, "until": datetime.fromtimestamp(claimed.requested_ms / 1000, UTC)}
@@ -203,8 +221,8 @@ class Deleter:
         looked = False  # the stream at least once, for their events without a session
         while True:
             # Their visits so far: noted here, dropped by the flusher (also in an earlier attempt), stored.
-            noted = (await forgotten(redis, project_id)).sessions
-            sessions.update({sid: visitor for sid, (whose, visitor) in noted.items() if whose == user_id})
+            noted = (await forgotten(redis, key, project_id)).sessions
+            sessions.update({sid: visitor for sid, (whose, visitor) in noted.items() if whose == tag})
             if table is not None:
                 sql = f"SELECT DISTINCT session_id, visitor_id FROM {table} WHERE {theirs}"
                 rows = await store.run(store.rows, sql, params)
@@ -218,7 +236,7 @@ class Deleter:
             # Tombstones for their sessions, and their visits end: from now on no event of them is
             # stored and no later event joins one. Then those still queued leave the stream, and
             # batches a worker read before that are waited out; a visit found meanwhile goes round again.
-            await forget_sessions(redis, project_id, user_id,
+            await forget_sessions(redis, project_id, tag,
                                   {sid: visitor for sid, visitor in sessions.items() if sid not in ended_sessions})
             await self._forget_visitors(project_id, visitors - ended_visitors)
             ended_sessions |= set(sessions)
@@ -244,7 +262,7 @@ class Deleter:
         # Their own events must be gone; events of their visits still arriving are the tombstones' to drop.
         again, _, _ = await self._in_stream(project_id, user_id, claimed.requested_ms)
         if again:
-            raise RuntimeError(f"{len(again)} events of the user are still queued")
+            raise DeletionFailed("events_still_queued")
         return stored, len(queued)
 
     async def _read_batches_stored(self) -> None:
@@ -265,7 +283,7 @@ class Deleter:
             if not held:
                 return
             if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError("events read before the deletion are still being stored; retrying later")
+                raise DeletionFailed("batches_in_flight")
             await asyncio.sleep(0.2)
 
     async def _mutate(self, claimed: Claimed, table: str, action: str, where: str, values: dict) -> int:
@@ -283,7 +301,7 @@ class Deleter:
             if not left:
                 return matched
             if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"{left} events still match after ALTER TABLE {action.split()[0]}")
+                raise DeletionFailed("rows_still_present")
             await asyncio.to_thread(self._renew, claimed)
             await asyncio.sleep(MUTATION_POLL_SECONDS)
 
@@ -357,79 +375,3 @@ class Deleter:
             # their paths, sessions and where those came from (commit.py), and the release before's
             pipe.delete(*[f"oa:{kind}:{project_id}:{v}" for v in keyed for kind in ("vp", "sess", "acq")])
             await pipe.execute()
-
-
-@dataclass
-class Forgotten:
-    """A project's tombstones: events of these users received up to their request time (ms), and
-    every event of these sessions (with whose they are: user id, visitor id), must not be stored."""
-
-    users: dict[str, int]
-    sessions: dict[int, tuple[str, int]]
-
-    @cached_property
-    def visitors(self) -> set[int]:
-        return {visitor for _, visitor in self.sessions.values()}
-
-    def covers(self, row: dict) -> bool:
-        user = row.get("user_id")
-        return ((user in self.users and row.get("received_at", 0) <= self.users[user])
-                or int(row.get("session_id") or 0) in self.sessions)
-
-    def shares_visitor(self, row: dict, noted: dict[str, dict[int, int]]) -> bool:
-        """Whether the row's visitor had a session deleted (or `noted` for deletion)."""
-        visitor = int(row.get("visitor_id") or 0)
-        return visitor in self.visitors or any(visitor in sessions.values() for sessions in noted.values())
-
-
-async def forgotten(redis, project_id: str) -> Forgotten:
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(forget_key(project_id))
-        pipe.hgetall(forget_sessions_key(project_id))
-        users, sessions = await pipe.execute()
-    return Forgotten({k.decode(): int(v) for k, v in (users or {}).items()},
-                     {int(k): _whose(v.decode()) for k, v in (sessions or {}).items()})
-
-
-def _whose(value: str) -> tuple[str, int]:
-    """A session tombstone's value, "set at (ms):visitor:user id": (user id, visitor). The flusher reads
-    these for every batch: a value of another form must not stop it (it still drops the session)."""
-    parts = value.split(":", 2)
-    if len(parts) == 3 and parts[1].isdigit():
-        return parts[2], int(parts[1])
-    return "", 0
-
-
-def _set_at(value: bytes) -> int:
-    """When a session tombstone was set (0, so pruned, for a value of another form)."""
-    first = value.split(b":", 1)[0]
-    return int(first) if first.isdigit() else 0
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-async def forget_sessions(redis, project_id: str, user_id: str, sessions: dict[int, int]) -> None:
-    """Tombstones for these sessions of the user (session id -> its visitor), so no event of them is
-    stored any more. A session some other deletion already holds stays its."""
-    if sessions:
-        key, now = forget_sessions_key(project_id), _now_ms()
-        async with redis.pipeline(transaction=False) as pipe:
-            for sid, visitor in sessions.items():
-                pipe.hsetnx(key, str(sid), f"{now}:{visitor}:{user_id}")
-            pipe.expire(key, TOMBSTONE_SECONDS)
-            await pipe.execute()
-
-
-async def prune_tombstones(redis, project_id: str) -> int:
-    """Remove the project's tombstones older than TOMBSTONE_SECONDS; returns how many. Each write
-    renews the hashes' lifetime, so with a deletion a day they would otherwise only grow (and the
-    flusher reads them for every batch)."""
-    cutoff = _now_ms() - TOMBSTONE_SECONDS * 1000
-    removed = 0
-    for key, moment in ((forget_key(project_id), int), (forget_sessions_key(project_id), _set_at)):
-        old = [field for field, value in (await redis.hgetall(key)).items() if moment(value) < cutoff]
-        if old:
-            removed += await redis.hdel(key, *old)
-    return removed

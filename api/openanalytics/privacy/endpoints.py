@@ -17,6 +17,7 @@ from openanalytics.auth.dependencies import PrivacyDelete, PrivacyExport, load_p
 from openanalytics.errors import Conflict, NotFound
 from openanalytics.ids import id_pattern, new_id
 from openanalytics.openapi import error_responses
+from openanalytics.privacy import failures
 from openanalytics.privacy.models import PrivacyRequest, user_hash
 from openanalytics.text import StoredText
 from openanalytics.provisioning.events_schema import database_name
@@ -26,8 +27,12 @@ router = APIRouter(tags=["Privacy"])
 
 EXPORT_DAYS = 90
 EXPORT_MAX_EVENTS = 10_000
-_USER_ID = {"min_length": 1, "max_length": 256, "description": "The user id your events carry.",
-            "examples": ["sha256_hash_of_user_id"]}
+_USER_ID = {"min_length": 1, "max_length": 256, "examples": ["sha256_hash_of_user_id"],
+            "description": ("The user id your events carry, percent-encoded as one path segment (RFC 3986): "
+                            "`/` as `%2F`, `+` as `%2B`, `=` as `%3D`, `%` as `%25`, a space as `%20`, other "
+                            "characters as their UTF-8 bytes (`encodeURIComponent` in JavaScript, "
+                            "`urllib.parse.quote(user_id, safe='')` in Python); an id that is `.` or `..` as `%2E` or "
+                            "`%2E%2E` (URL normalisation would remove it). Every id ingest accepts works.")}
 # An export stores nothing, so it takes any id; a deletion request is stored (no NUL in PostgreSQL).
 UserId = Annotated[str, Path(**_USER_ID)]
 StoredUserId = Annotated[str, StoredText, Path(**_USER_ID)]
@@ -92,13 +97,20 @@ class RequestStatus(BaseModel):
     completed_at: datetime | None = None
     events_deleted: int | None = Field(default=None, description="Stored events removed (when completed).")
     queued_events_deleted: int | None = Field(default=None, description="Events removed from the ingest stream.")
-    error: str | None = None
+    attempts: int = Field(default=0, description="Attempts so far; a failed one is retried with backoff.")
+    next_attempt_at: datetime | None = Field(default=None, description="When a failed attempt is retried.")
+    error: str | None = Field(default=None, description=(
+        "The last failure's code: events_store_unreachable, events_store_error, hot_state_unreachable, "
+        "control_plane_unreachable, events_still_queued, batches_in_flight, rows_still_present, interrupted, "
+        "missing_user_id or internal_error. Null once completed."))
+    error_message: str | None = Field(default=None, description="The same in a sentence (nothing personal in it).")
 
     model_config = {"json_schema_extra": {"examples": [{
         "request_id": "prq_5e0c2a9b1f3d4e76", "project_id": "prj_3f9a1c0b7d2e4a65", "kind": "delete",
         "status": "completed", "poll_url": "/v1/projects/prj_3f9a1c0b7d2e4a65/privacy/requests/prq_5e0c2a9b1f3d4e76",
         "created_at": "2026-05-12T10:00:00Z", "started_at": "2026-05-12T10:00:01Z",
-        "completed_at": "2026-05-12T10:00:04Z", "events_deleted": 182, "queued_events_deleted": 0, "error": None}]}}
+        "completed_at": "2026-05-12T10:00:04Z", "events_deleted": 182, "queued_events_deleted": 0, "attempts": 1,
+        "next_attempt_at": None, "error": None, "error_message": None}]}}
 
     @classmethod
     def of(cls, row: PrivacyRequest) -> RequestStatus:
@@ -106,12 +118,14 @@ class RequestStatus(BaseModel):
             request_id=row.id, project_id=row.project_id, kind=row.kind, status=row.status,
             poll_url=f"/v1/projects/{row.project_id}/privacy/requests/{row.id}", created_at=row.created_at,
             started_at=row.started_at, completed_at=row.completed_at, events_deleted=row.events_deleted,
-            queued_events_deleted=row.queued_events_deleted, error=row.error,
+            queued_events_deleted=row.queued_events_deleted, attempts=row.attempts,
+            next_attempt_at=row.next_attempt_at, error=row.error,
+            error_message=failures.sentence(row.error, final=row.status == "failed"),
         )
 
 
 @router.get(
-    "/v1/projects/{project_id}/privacy/user/{user_id}",
+    "/v1/projects/{project_id}/privacy/user/{user_id:path}",
     summary="Export one user's events (sanitized)",
     description=(f"The last {EXPORT_DAYS} days, at most {EXPORT_MAX_EVENTS:,} events, newest first, with "
                  "`truncated: true` when either limit cut something off. Read-only."),
@@ -148,7 +162,7 @@ async def export_user(request: Request, access: PrivacyExport, user_id: UserId) 
 
 
 @router.delete(
-    "/v1/projects/{project_id}/privacy/user/{user_id}",
+    "/v1/projects/{project_id}/privacy/user/{user_id:path}",
     status_code=202,
     summary="Request deletion of one user's data",
     description=("Nothing is deleted inline: the request is queued and the worker deletes the user's stored events, "

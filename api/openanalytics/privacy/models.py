@@ -33,7 +33,18 @@ class PrivacyRequest(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     events_deleted: Mapped[int | None] = mapped_column(Integer, nullable=True)
     queued_events_deleted: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # a code of privacy/failures.py
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Secret(Base):
+    """Random keys of this installation, made by the migration that needs each (0005)."""
+
+    __tablename__ = "secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 def user_hash(project_id: str, user_id: str) -> str:

@@ -29,7 +29,7 @@ from redis.exceptions import ResponseError
 
 from openanalytics import telemetry
 from openanalytics.ingest.buffer import FIELD
-from openanalytics.privacy.deletion import forget_sessions, forgotten
+from openanalytics.privacy.tombstones import forget_sessions, forgotten, tombstone_key
 from openanalytics.provisioning.events_schema import EVENT_COLUMNS, database_name
 
 log = logging.getLogger(__name__)
@@ -182,16 +182,17 @@ class Flusher:
                 unreadable.append((message_id, fields))
         if unreadable:
             await self.dead_letter(unreadable, "unreadable row")
+        key = await tombstone_key(self.stores.db) if rows else b""
         for project_id, found in rows.items():
-            forget = await forgotten(self.redis, project_id)
+            forget = await forgotten(self.redis, key, project_id)
             items: list[tuple[bytes, list[Any]]] = []
-            noted: dict[str, dict[int, int]] = {}  # user -> sessions of their dropped events, which the deletion takes whole
+            noted: dict[str, dict[int, int]] = {}  # user's tag -> sessions of their dropped events, which the deletion takes whole
             for message_id, row in found:
                 if forget.covers(row):
                     settled.append(message_id)  # its user asked for deletion meanwhile
                     session = int(row.get("session_id") or 0)
                     if session and session not in forget.sessions:
-                        noted.setdefault(row["user_id"], {})[session] = int(row.get("visitor_id") or 0)
+                        noted.setdefault(forget.tag(row["user_id"]), {})[session] = int(row.get("visitor_id") or 0)
                     continue
                 if row.get("session_id") and forget.shares_visitor(row, noted):
                     # Its visitor's ages may count from a deleted event: not known (query/path_sums.py).
@@ -200,8 +201,8 @@ class Flusher:
                     items.append((message_id, to_columns(row)))
                 except Exception:
                     await self.dead_letter([(message_id, {FIELD: orjson.dumps(row)})], "unreadable row")
-            for user_id, sessions in noted.items():
-                await forget_sessions(self.redis, project_id, user_id, sessions)
+            for tag, sessions in noted.items():
+                await forget_sessions(self.redis, project_id, tag, sessions)
             ids = [message_id for message_id, _ in items]
             if items and await self.provisioner(project_id):
                 # The token names every entry read, dropped ones too, so a replay after a crash
