@@ -8,6 +8,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openanalytics import __version__, errors, health, telemetry
 from openanalytics.auth import endpoints as keys
@@ -18,6 +19,8 @@ from openanalytics.cache import TTLCache
 from openanalytics.ingest.client_ip import parse_networks
 from openanalytics.ingest.geo import Geo
 from openanalytics.ingest import collect, events, intake
+from openanalytics.ingest.buffer import Buffer, Confirmation
+from openanalytics.ingest.durability import RedisWatch
 from openanalytics.ingest.schemas import EventIn
 from openanalytics.openapi import build_openapi
 from openanalytics.projects import endpoints as projects
@@ -51,9 +54,10 @@ def create_app(
         stop = asyncio.Event()
         caches = [app.state.principals.cache, app.state.project_cache, app.state.collector.sites]
         listener = asyncio.create_task(listen_for_changes(stores.redis, caches, stop), name="invalidation")
+        watching = asyncio.create_task(app.state.redis_watch.run(stop), name="redis-watch")
         task = None
         if with_worker:
-            worker = Worker(stores)
+            worker = Worker(stores, watch=app.state.redis_watch)
             app.state.worker = worker
             await worker.provision()
             task = asyncio.create_task(worker.run(stop), name="worker")
@@ -64,6 +68,7 @@ def create_app(
                 await settle(app.state.intake)
                 stop.set()
                 await listener
+                await watching
                 if task is not None:
                     await task
                     await app.state.worker.drain()
@@ -87,7 +92,10 @@ def create_app(
     app.state.project_cache = TTLCache(settings.cache_ttl_seconds)
     limiter = RateLimiter(stores.redis, settings.auth_failures_per_minute)
     app.state.geo = Geo(settings.effective_geoip_path)
-    app.state.collector = collect.Collector(stores, app.state.geo)
+    app.state.redis_watch = RedisWatch(stores.redis, settings.redis_url is None, settings.ingest_max_memory_share)
+    app.state.buffer = Buffer(stores.redis, settings.stream_key, settings.ingest_max_queued, Confirmation(
+        settings.events_wait_fsync, settings.events_wait_replicas, settings.events_wait_timeout_ms))
+    app.state.collector = collect.Collector(stores, app.state.geo, watch=app.state.redis_watch)
     app.add_middleware(
         ApiGate,
         principals=app.state.principals,
@@ -96,6 +104,7 @@ def create_app(
         max_body_bytes=settings.events_max_body_bytes,
         salts=app.state.collector.salts,
     )
+    app.add_middleware(NoSniff)
     app.state.intake = intake.Intake(app.state.collector)
     app.add_middleware(intake.CollectEndpoint, intake=app.state.intake)  # outermost: the hot path
     telemetry.instrument_app(app)  # when on: server spans and latency by route around all of it
@@ -108,6 +117,27 @@ def create_app(
     return app
 
 
+class NoSniff:
+    """`X-Content-Type-Options: nosniff` on every answer of the app (a browser must not guess that a
+    JSON error or an export is HTML). /collect's empty 204s are answered before this."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_nosniff(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), _NOSNIFF]}
+            await send(message)
+
+        await self.app(scope, receive, send_nosniff)
+
+
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
 SETTLE_SECONDS = 20  # within Kubernetes' default 30 s grace period, leaving time for the rest
 
 

@@ -50,6 +50,28 @@ class Settings(BaseSettings):
         description="Consumer name; a restarted worker with the same name resumes its own batch at once.",
     )
 
+    ingest_max_queued: int = Field(
+        default=1_000_000, ge=1,
+        description="Most events waiting in the ingest stream; past it server-side events get 503, /collect hits are dropped.",
+    )
+    ingest_max_memory_share: float = Field(
+        default=0.8, gt=0, le=1,
+        description="Share of Redis's maxmemory (when it has one) past which ingest stops as at ingest_max_queued.",
+    )
+    events_wait_fsync: bool = Field(
+        default=False, description="Answer 202 only once Redis has the events on disk (WAITAOF, or appendfsync always).",
+    )
+    events_wait_replicas: int = Field(
+        default=0, ge=0, le=16, description="Answer 202 only once this many Redis replicas have the events (WAIT).",
+    )
+    events_wait_timeout_ms: int = Field(
+        default=1000, ge=1, le=60_000, description="How long a 202 waits for that confirmation before a 503.",
+    )
+    privacy_retry_seconds: int = Field(
+        default=24 * 3600, ge=1,
+        description="How long a deletion request is retried (with backoff) through failures before it ends failed.",
+    )
+
     collect_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     collect_max_batch: int = Field(default=50, ge=1, le=1000)
     events_max_batch: int = Field(default=1000, ge=1, le=10_000)

@@ -19,6 +19,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from openanalytics.logs import redact_path
+
 log = logging.getLogger(__name__)
 
 
@@ -111,5 +113,5 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s %s", request.method, redact_path(request.url.path))
         return error_response(500, "internal_error", "The server failed; retrying with backoff is safe.")

@@ -22,11 +22,21 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"status": "ok", "checks": {"database": "ok", "redis": "ok", "clickhouse": "ok"}}]
+            "examples": [{"status": "ok", "checks": {"database": "ok", "redis": "ok", "clickhouse": "ok"},
+                          "warnings": [],
+                          "ingest": {"queued_events": 12, "max_queued_events": 1000000, "aof": True,
+                                     "appendfsync": "everysec", "maxmemory_policy": "noeviction",
+                                     "maxmemory": 419430400, "used_memory": 2311520, "memory_share": 0.0055}}]
         }
     )
     status: str = Field(description="ok, degraded (Redis down) or unavailable.")
     checks: dict[str, str] = Field(description="Per store (and worker in standalone): ok or the error's type.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What keeps Redis from keeping a 202's promise (AOF off, keys evicted), and a full ingest queue.")
+    ingest: dict[str, object] | None = Field(
+        default=None, description="The ingest queue and its Redis's durability settings (null in embedded mode "
+                                  "or while Redis is down).")
 
 
 @router.get("/healthz", summary="Liveness: the process answers", response_model=Health)
@@ -48,19 +58,29 @@ async def _check(coro) -> str:
     description=(
         "503 when PostgreSQL/SQLite or ClickHouse fails (or, in standalone, the worker). A failing Redis "
         "makes the status `degraded` but keeps 200: queries still work, rate limits are not enforced, "
-        "server-side events answer 503 and /collect drops hits."
+        "server-side events answer 503 and /collect drops hits. `warnings` says what keeps Redis from keeping "
+        "a 202's promise (AOF off, keys evicted) or that the ingest queue is full."
     ),
     response_model=Readiness,
     responses={503: {"description": "Not ready.", "model": Readiness}},
 )
 async def readyz(request: Request) -> JSONResponse:
     stores = request.app.state.stores
+    watch, ingest = request.app.state.redis_watch, {}
+
+    async def redis_check() -> None:
+        await stores.redis.ping()
+        if not watch.embedded:
+            facts = await watch.refresh()
+            queued = await stores.redis.xlen(stores.settings.stream_key)
+            ingest.update(queued_events=queued, max_queued_events=stores.settings.ingest_max_queued, **facts.details())
+
     checks = dict(
         zip(
             ("database", "redis", "clickhouse"),
             await asyncio.gather(
                 _check(run_in_threadpool(stores.db.ping)),
-                _check(stores.redis.ping()),
+                _check(redis_check()),
                 _check(stores.events.run(stores.events.ping)),
             ),
         )
@@ -70,4 +90,9 @@ async def readyz(request: Request) -> JSONResponse:
         checks["worker"] = "ok" if worker.healthy else f"error: failing ({worker.failures} attempts)"
     ready = all(value == "ok" for name, value in checks.items() if name != "redis")
     status = "unavailable" if not ready else "ok" if checks["redis"] == "ok" else "degraded"
-    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)
+    warnings = watch.facts.warnings() if ingest and watch.facts is not None else []
+    if ingest and (ingest["queued_events"] >= ingest["max_queued_events"] or watch.memory_full):
+        warnings.append("the ingest queue is full: server-side events are refused (503) and /collect hits dropped "
+                        "until the worker catches up")
+    body = {"status": status, "checks": checks, "warnings": warnings, "ingest": ingest or None}
+    return JSONResponse(body, status_code=200 if ready else 503)

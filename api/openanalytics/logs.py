@@ -15,11 +15,25 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 _KEY = re.compile(r"oa_live_[A-Za-z0-9_\-]+")
+# A privacy route's user id: to the end of a decoded path (it may hold '/', '?', spaces), or to the
+# query or fragment of a URL as sent (where they are percent-encoded).
+_USER_IN_PATH = re.compile(r"(/privacy/user/).*", re.DOTALL)
+_USER_IN_URL = re.compile(r"(/privacy/user/)[^?#\s\"']*")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
+def redact_path(path: str) -> str:
+    """A request path fit for logs and traces: a privacy route's user id replaced."""
+    return _USER_IN_PATH.sub(r"\1{user_id}", path)
+
+
+def redact_url(url: str) -> str:
+    """The same for a URL as sent (percent-encoded), and for any text that may hold one."""
+    return _USER_IN_URL.sub(r"\1{user_id}", url)
+
+
 def scrub(text: str) -> str:
-    return _KEY.sub("oa_live_[redacted]", text)
+    return redact_url(_KEY.sub("oa_live_[redacted]", text))
 
 
 class TraceIds(logging.Filter):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 import time
 import weakref
 from collections.abc import Iterable, Iterator
@@ -24,6 +23,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
+
+from openanalytics.logs import redact_path, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ METER.create_observable_counter(
 COLLECT_DURATION = METER.create_histogram(
     "oa.collect.duration", unit="s", description="Time to read, queue and answer a /collect request (the sampled ones).")
 SERVER_EVENTS = METER.create_counter(
-    "oa.events.server", unit="{event}", description="Server-side events by outcome (accepted, rejected).")
+    "oa.events.server", unit="{event}", description="Server-side events by outcome (accepted, rejected, unavailable, overloaded, unconfirmed).")
 INGEST_LAG = METER.create_histogram(
     "oa.ingest.lag", unit="s", description="From an event's arrival to its insert into ClickHouse.")
 FLUSH_SIZE = METER.create_histogram("oa.flush.size", unit="{event}", description="Events per project insert.")
@@ -289,7 +290,6 @@ def span(name: str, kind: SpanKind = SpanKind.INTERNAL, **attributes: Any) -> It
         yield current
 
 
-_USER_PATH = re.compile(r"(/privacy/user/)[^/?#]+")
 _PERSONAL = ("client.address", "client.port", "net.peer.ip", "http.client_ip", "user_agent.original",
              "http.user_agent", "network.peer.address")
 _PATHS = ("url.path", "http.target", "http.url", "url.full")
@@ -306,9 +306,9 @@ def scrub(span, scope=None) -> None:
     for key in _PATHS:
         value = attributes.get(key)
         if isinstance(value, str) and "/privacy/user/" in value:
-            span.set_attribute(key, _USER_PATH.sub(r"\1{user_id}", value))
+            span.set_attribute(key, redact_path(value) if key == "url.path" else redact_url(value))
     if "/privacy/user/" in span.name:
-        span.update_name(_USER_PATH.sub(r"\1{user_id}", span.name))
+        span.update_name(redact_path(span.name))
 
 
 class Redact(SpanProcessor):

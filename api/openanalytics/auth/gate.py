@@ -20,6 +20,7 @@ from openanalytics.auth.principals import Principals
 from openanalytics.auth.ratelimit import Budget, RateLimiter, client_tag
 from openanalytics.ingest.client_ip import Network, client_ip
 from openanalytics.ingest.visitor import Salts, day_of
+from openanalytics.logs import redact_path
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class ApiGate:
                 await _answer(send, 413, "payload_too_large", f"the body is larger than {self.max_body} bytes", extra)
         except Exception:
             # Answered here, not by Starlette's outer error middleware, so a 500 has the headers too.
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            log.exception("unhandled error on %s %s", scope["method"], redact_path(scope["path"]))
             if not started:
                 await _answer(send, 500, "internal_error", "The server failed; retrying with backoff is safe.", extra)
 

@@ -32,11 +32,12 @@ from openanalytics.cache import TTLCache
 from openanalytics.ingest import commit
 from openanalytics.ingest.client_ip import parse_networks
 from openanalytics.ingest.clients import Client, Clients
+from openanalytics.ingest.durability import RedisWatch
 from openanalytics.ingest.geo import Geo
 from openanalytics.ingest.referrer import source_for
 from openanalytics.ingest.rows import UTM_FIELDS, event_row, new_event_id, url_parts
-from openanalytics.ingest.schemas import EventIn, EventType
-from openanalytics.ingest.urls import is_absolute_http
+from openanalytics.ingest.schemas import EventIn, EventType, read_json
+from openanalytics.ingest.urls import has_control, is_absolute_http
 from openanalytics.ingest.useragent import parse_agent
 from openanalytics.ingest.visitor import SESSION_IDLE, Salts, day_of
 from openanalytics.projects.models import Project
@@ -89,7 +90,8 @@ class DropReason(StrEnum):
     bot = "bot"
     rate_limited_ip = "rate_limited_ip"
     rate_limited_site = "rate_limited_site"
-    overloaded = "overloaded"  # this process holds as much unstored /collect data as it may (intake.py)
+    # this process holds as much unstored /collect data as it may (intake.py), or the ingest queue is full
+    overloaded = "overloaded"
 
 
 class Dropped(Exception):
@@ -114,6 +116,13 @@ class CollectIn(EventIn):
     def _cut(cls, value):
         # Browsers make long URLs; keep the event, cut the URL.
         return value[:MAX_URL] if isinstance(value, str) else value
+
+    @field_validator("referrer")
+    @classmethod
+    def _no_control(cls, value):
+        if value is not None and has_control(value):
+            raise ValueError("a referrer has no control characters")
+        return value
 
     @field_validator("currency", mode="before")
     @classmethod
@@ -145,7 +154,7 @@ def plain_pageview_row(item: dict[str, Any], project_id: str, received_ms: int) 
     url, referrer = item.get("url"), item.get("referrer")
     width, language = item.get("screen_width"), item.get("language")
     if not ((url is None or type(url) is str and len(url) <= MAX_URL and is_absolute_http(url))
-            and (referrer is None or type(referrer) is str and len(referrer) <= MAX_URL)
+            and (referrer is None or type(referrer) is str and len(referrer) <= MAX_URL and not has_control(referrer))
             and (width is None or type(width) is int and 0 <= width <= MAX_SCREEN_WIDTH)
             and (language is None or type(language) is str and len(language) <= MAX_LANGUAGE)):
         return None
@@ -233,7 +242,7 @@ class Event:
 def parse_items(body: bytes, max_batch: int) -> list[dict[str, Any]]:
     """JSON (also when sent as text/plain by sendBeacon): one object or a small array."""
     try:
-        data = orjson.loads(body)
+        data = read_json(body)
     except orjson.JSONDecodeError:
         raise Dropped(DropReason.malformed) from None
     items = data if isinstance(data, list) else [data]
@@ -265,7 +274,8 @@ def site_ids(items: Iterable[dict[str, Any]]) -> set[str]:
 
 
 class Collector:
-    def __init__(self, stores, geo: Geo, clock: Callable[[], datetime] | None = None):
+    def __init__(self, stores, geo: Geo, clock: Callable[[], datetime] | None = None,
+                 watch: RedisWatch | None = None):
         self.stores = stores
         self.settings = stores.settings
         self.geo = geo
@@ -274,7 +284,9 @@ class Collector:
         self._lookups = TokenBucket(SITE_LOOKUPS_PER_SECOND)
         self._looking: dict[str, asyncio.Future] = {}  # site id -> its one lookup in flight
         self.salts = Salts(stores.redis)
-        self.committer = commit.Committer(stores.redis, self.settings.stream_key, WINDOW_MS, SESSION_IDLE_MS)
+        self.committer = commit.Committer(stores.redis, self.settings.stream_key, WINDOW_MS, SESSION_IDLE_MS,
+                                          self.settings.ingest_max_queued,
+                                          (lambda: watch.memory_full) if watch is not None else (lambda: False))
         self.clients = Clients(parse_networks(self.settings.trusted_proxies), salts_end)
         # The sites and salts of a batch are looked up before the steps run (intake.py); the budgets,
         # the session and storing happen last, in Redis, for the whole batch (commit.py).

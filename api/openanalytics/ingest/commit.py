@@ -19,25 +19,41 @@ Google counts for Google, not as direct traffic.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import secrets
+import time
+from collections.abc import Callable
 from functools import lru_cache
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from openanalytics.ingest import arrivals
 
 log = logging.getLogger(__name__)
 
 MAX_HITS_PER_CALL = 500
+ATTEMPT_SECONDS = 10.0  # one call: a hung Redis must not stall /collect for good
+RETRY_SECONDS = 30.0  # while Redis cannot be reached (a restart), a batch is sent again for this long
+BATCH_KEY_MS = 120_000  # how long a batch's outcome is kept for a call sent again
 RECENT_MS = 5 * 60_000  # realtime: visitors, top pages and sources of the last five minutes
 MINUTES = 30  # realtime: pageviews per minute for the last thirty
 
 _SCRIPT = r"""
 local window, idle, stream = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local keep, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+-- A batch sent again (its first call may or may not have run when Redis went away) is answered from
+-- what its first run left, and stores nothing twice.
+local batch_key = ARGV[11]
+local done = redis.call('GET', batch_key)
+if done then return done end
+-- The ingest queue's bound (buffer.py): past it, hits that would be stored are dropped as overloaded.
+local room = tonumber(ARGV[10]) - redis.call('XLEN', stream)
 local now
 local function spend(key, limit)
   local count = redis.call('INCR', key)
@@ -154,7 +170,10 @@ for _, f in ipairs(cjson.decode(ARGV[6])) do
       outcome = 'rate_limited_ip'
     elseif not spend_site('oa:rl:collect:site:' .. pid, tonumber(sitelimit)) then
       outcome = 'rate_limited_site'
+    elseif room <= 0 then
+      outcome = 'overloaded'
     else
+      room = room - 1
       local today, own_key, own = visitor, visitor_state(pid, visitor, path_key)
       local paths_key, last, who, sid, last_at, count, first_pv, first_path = visit(pid, path_key, own_key, own, visitor)
       local named = sid ~= nil or previous == ''
@@ -285,6 +304,11 @@ for pid, rt in pairs(realtime) do
     ranked(prefix .. ':sources' .. suffix, counted.sources)
   end
 end
+-- What this batch came to, for a second call of it: outcomes and how many of each.
+local counts, tallied = {}, {}
+for _, outcome in ipairs(outcomes) do counts[outcome] = (counts[outcome] or 0) + 1 end
+for outcome, n in pairs(counts) do tallied[#tallied + 1] = outcome .. '=' .. n end
+redis.call('SET', batch_key, '=' .. table.concat(tallied, ','), 'PX', tonumber(ARGV[12]))
 -- One string, not an array: parsing thousands of replies costs the client more than Redis.
 return table.concat(outcomes, ',')
 """
@@ -313,10 +337,22 @@ def dropped(project_id: str, ip_tag: str, per_ip: int, arrival: str, reason: str
     return ["", arrival, "", "D", project_id, ip_tag, per_ip, 0, "", "", "", "", reason, str(stamp_ms), day, "", "", "", ""]
 
 
+def _outcomes(reply: str) -> list[str]:
+    """Each hit's outcome; from a batch sent again, its first run's counts ("=accepted=3,bot=1")."""
+    if not reply.startswith("="):
+        return reply.split(",")
+    return [outcome for part in reply[1:].split(",") if part
+            for outcome, n in [part.rsplit("=", 1)] for _ in range(int(n))]
+
+
 class Committer:
-    def __init__(self, redis: aioredis.Redis, stream: str, window_ms: int, idle_ms: int):
+    def __init__(self, redis: aioredis.Redis, stream: str, window_ms: int, idle_ms: int,
+                 max_queued: int = 1_000_000, memory_full: Callable[[], bool] = lambda: False):
         self.redis = redis
         self.shared = [window_ms, idle_ms, stream, arrivals.KEEP, arrivals.TTL_SECONDS]
+        self.max_queued = max_queued  # the ingest queue's bound (buffer.py)
+        self.memory_full = memory_full  # Redis too full for ingest (durability.py): nothing is stored
+        self._unreachable_since: float | None = None
 
     async def commit(self, hits: list[list]) -> list[str]:
         """Store `hits` (from `accepted` and `dropped`); returns each outcome. Raises if Redis fails."""
@@ -329,9 +365,34 @@ class Committer:
             texts = "".join(f"{hit[0]}\n{hit[1]}\n{hit[2]}\n" for hit in chunk)
             if texts.count("\n") != 3 * len(chunk):  # a line break inside one would shift every later hit
                 raise ValueError("a row, arrival or acquisition holds a line break")
-            reply = await self._call([*self.shared, fields, RECENT_MS, MINUTES, texts])
-            outcomes += (reply.decode() if isinstance(reply, bytes) else reply).split(",")
+            room = 0 if self.memory_full() else self.max_queued
+            batch_key = f"oa:commit:{secrets.token_hex(8)}"
+            reply = await self._call_through_outage([*self.shared, fields, RECENT_MS, MINUTES, texts, room, batch_key,
+                                           BATCH_KEY_MS])
+            outcomes += _outcomes(reply.decode() if isinstance(reply, bytes) else reply)
         return outcomes
+
+    async def _call_through_outage(self, argv: list) -> bytes | str:
+        """The script's call, sent again while Redis cannot be reached or does not answer, for up to
+        RETRY_SECONDS since Redis last answered (then at once, once per batch: a long outage must not
+        hold every batch that long). The batch key in `argv` makes a call that ran already answer from
+        its first run, so nothing is stored twice."""
+        delay = 0.05
+        while True:
+            try:
+                async with asyncio.timeout(ATTEMPT_SECONDS):
+                    reply = await self._call(argv)
+            except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError):
+                now = time.monotonic()
+                if self._unreachable_since is None:
+                    self._unreachable_since = now
+                if now - self._unreachable_since >= RETRY_SECONDS:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            else:
+                self._unreachable_since = None
+                return reply
 
     async def _call(self, argv: list) -> bytes | str:
         try:

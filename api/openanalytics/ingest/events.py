@@ -6,6 +6,7 @@ rather than by FastAPI, so errors name the failing event (`events[3].event_name:
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -18,10 +19,11 @@ from openanalytics.auth.dependencies import EventsWrite, stores_of
 from openanalytics.errors import ApiError, BadRequest, Unavailable
 from openanalytics.ingest import buffer
 from openanalytics.ingest.rows import event_row
-from openanalytics.ingest.schemas import EventIn, EventsQueued
+from openanalytics.ingest.schemas import EventIn, EventsQueued, read_json
 from openanalytics.ingest.visitor import user_visitor_hash
 from openanalytics.openapi import error_responses
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["Events"])
 
 FUTURE_TOLERANCE_MS = 24 * 3600 * 1000
@@ -51,7 +53,7 @@ def _describe(error: dict[str, Any], prefix: str) -> str:
 
 def parse_events(body: bytes, max_batch: int) -> list[EventIn]:
     try:
-        data = orjson.loads(body)
+        data = read_json(body)
     except orjson.JSONDecodeError:
         raise BadRequest("the body is not valid JSON", "malformed_json") from None
     if isinstance(data, dict):
@@ -124,7 +126,11 @@ def request_body_spec(max_batch: int) -> dict[str, Any]:
     description=(
         "Queues one event (a JSON object) or a batch (a JSON array of up to `OA_EVENTS_MAX_BATCH`, "
         "default 1,000). Validation is strict: one invalid event rejects the whole request with 400 "
-        "and nothing is queued."
+        "and nothing is queued. A 202 means the events are in the ingest queue, which survives a restart "
+        "of any process and of Redis (README: Durability and failures). 503 `queue_full` (with "
+        "`Retry-After`): the queue is at its bound and nothing was queued; 503 `unavailable`: Redis is "
+        "unreachable and nothing was queued; 503 `not_confirmed` (only with OA_EVENTS_WAIT_*): queued, "
+        "but not confirmed on disk or replicas in time."
     ),
     response_model=EventsQueued,
     responses=error_responses(400, 401, 403, 404, 413, 429, 503),
@@ -148,11 +154,26 @@ async def send_events(request: Request, access: EventsWrite) -> EventsQueued:
             row["visitor_id"] = user_visitor_hash(access.project.id, row["user_id"])
         if parent:  # the flush span links back to this request
             row["tp"] = parent
+    watch, queue = request.app.state.redis_watch, request.app.state.buffer
     try:
-        await buffer.append(stores.redis, settings.stream_key, rows)
+        if watch.memory_full:
+            raise buffer.QueueFull("Redis is too full")
+        if queue.confirmation.wanted and watch.facts is None:  # before the watch's first reading
+            await watch.refresh()
+        await queue.append(rows, watch.facts)
+    except buffer.QueueFull:
+        telemetry.SERVER_EVENTS.add(len(rows), {"outcome": "overloaded"})
+        raise Unavailable("The ingest queue is full (events are arriving faster than they are stored); nothing "
+                          "was queued. Retry with backoff.", "queue_full", headers={"Retry-After": "30"}) from None
     except buffer.BufferUnavailable:
         telemetry.SERVER_EVENTS.add(len(rows), {"outcome": "unavailable"})
         raise Unavailable("The ingest buffer is unreachable; nothing was queued. Retry with backoff.",
                           headers={"Retry-After": "5"}) from None
+    except buffer.NotConfirmed as exc:
+        telemetry.SERVER_EVENTS.add(len(rows), {"outcome": "unconfirmed"})
+        log.warning("server-side events queued but not confirmed: %s", exc)
+        raise Unavailable("The events were queued, but Redis did not confirm them on disk or on its replicas in "
+                          "time (OA_EVENTS_WAIT_*); they will most likely be stored, and sending them again may "
+                          "store them twice.", "not_confirmed", headers={"Retry-After": "5"}) from None
     telemetry.SERVER_EVENTS.add(len(rows), {"outcome": "accepted"})
     return EventsQueued(count=len(rows), event_ids=[row["event_id"] for row in rows])

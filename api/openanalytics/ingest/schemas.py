@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
+import orjson
 import pycountry
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from openanalytics.ingest.urls import is_absolute_http
+from openanalytics.ingest.urls import has_control, is_absolute_http
 from openanalytics.text import StoredText
 
 MAX_PROPERTIES = 50
@@ -18,6 +20,27 @@ MAX_PROPERTY_KEY = 100
 MAX_PROPERTY_VALUE = 1000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 CURRENCIES = frozenset(c.alpha_3 for c in pycountry.currencies)
+
+
+def read_json(body: bytes | str) -> Any:
+    """A request's JSON. orjson reads an integer past 64 bits as a float, which would keep a property
+    inexactly and without a word: where it gave such a float (integral, past 2**63), the body is read
+    again by the standard library, which keeps the integer whole, so the 64-bit check can refuse it.
+    Raises orjson.JSONDecodeError."""
+    data = orjson.loads(body)
+    if _big_float_property(data):
+        data = json.loads(body)
+    return data
+
+
+def _big_float_property(data: Any) -> bool:
+    for item in data if isinstance(data, list) else (data,):
+        properties = item.get("properties") if isinstance(item, dict) else None
+        if isinstance(properties, dict) and any(
+                type(value) is float and value.is_integer() and not INT64_MIN <= value <= INT64_MAX
+                for value in properties.values()):
+            return True
+    return False
 
 
 class EventType(StrEnum):
@@ -74,7 +97,7 @@ class EventIn(BaseModel):
     )
 
     event_type: EventType = Field(description="What happened.")
-    event_name: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+    event_name: Annotated[str, Field(min_length=1, max_length=200), StoredText] | None = Field(
         default=None, description="Required for `event` and `conversion`; case-sensitive, snake_case recommended."
     )
     user_id: Annotated[str, Field(min_length=1, max_length=256), StoredText] | None = Field(
@@ -102,6 +125,14 @@ class EventIn(BaseModel):
             raise ValueError("must be an absolute http(s) URL")
         return value
 
+    @field_validator("user_id")
+    @classmethod
+    def _printable_user_id(cls, value: str | None) -> str | None:
+        # Every id stored must be reachable as one path segment of the privacy routes.
+        if value is not None and has_control(value):
+            raise ValueError("must not contain control characters (tab, line breaks, NUL, ...)")
+        return value
+
     @field_validator("properties")
     @classmethod
     def _flat_properties(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -112,10 +143,12 @@ class EventIn(BaseModel):
                 raise ValueError(f"property names are 1 to {MAX_PROPERTY_KEY} characters")
             if not isinstance(item, (str, int, float, bool)) or (isinstance(item, float) and not math.isfinite(item)):
                 raise ValueError(f"property {key!r} must be a string, number or boolean (no objects, arrays or null)")
-            if isinstance(item, int) and not INT64_MIN <= item <= INT64_MAX:
+            if isinstance(item, int) and not INT64_MIN <= item <= INT64_MAX:  # read exactly: see read_json
                 raise ValueError(f"property {key!r} is outside the 64-bit integer range; send it as a string")
             if isinstance(item, str) and len(item) > MAX_PROPERTY_VALUE:
                 raise ValueError(f"property {key!r} is longer than {MAX_PROPERTY_VALUE} characters")
+            if "\x00" in key or isinstance(item, str) and "\x00" in item:
+                raise ValueError(f"property {key!r} must not contain a NUL character")
         return value
 
     @field_validator("currency")

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from urllib.parse import SplitResult, urlsplit
+
+# Browsers percent-encode these; raw in a URL they are not one (a NUL would be stored in a path).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def has_control(text: str) -> bool:
+    return _CONTROL.search(text) is not None
 
 
 @lru_cache(maxsize=4096)
@@ -13,6 +21,8 @@ def split_url(url: str) -> SplitResult:
 
 @lru_cache(maxsize=4096)
 def is_absolute_http(url: str) -> bool:
+    if has_control(url):
+        return False
     try:
         parts = split_url(url)
     except ValueError:  # e.g. "http://[x": not a URL at all

@@ -22,7 +22,7 @@ class Arrival(BaseModel):
     event_name: str | None
     url: str
     outcome: str = Field(description="accepted, or why it was ignored: invalid, disallowed_domain, bot, "
-                                     "rate_limited_ip, rate_limited_site")
+                                     "rate_limited_ip, rate_limited_site, overloaded (the ingest queue was full)")
     event_id: str | None = Field(description="For accepted events.")
     stored: bool | None = Field(description="For accepted events: already in ClickHouse (false: still queued).")
 

@@ -82,8 +82,12 @@ class EventStore:
                     "deduplicate_blocks_in_dependent_materialized_views": 1}
         self.client.insert(table, rows, column_names=list(columns), database=database, settings=settings)
 
-    def ping(self) -> bool:
-        return bool(self.client.ping()) if not self.embedded else self.rows("SELECT 1") == [(1,)]
+    def ping(self) -> None:
+        """Raises unless the engine answers (clickhouse-connect's own ping answers False instead)."""
+        if self.embedded:
+            self.rows("SELECT 1")
+        elif not self.client.ping():
+            raise ConnectionError("ClickHouse did not answer its ping")
 
     def close(self) -> None:
         self._pool.submit(self.client.close).result()

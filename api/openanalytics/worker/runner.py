@@ -7,6 +7,7 @@ import logging
 import time
 
 from openanalytics.cache import TTLCache
+from openanalytics.ingest.durability import RedisWatch
 from openanalytics.privacy.deletion import Deleter
 from openanalytics.projects.models import Project
 from openanalytics.provisioning.events_schema import CURRENT_VERSION
@@ -19,12 +20,14 @@ log = logging.getLogger(__name__)
 
 PROVISION_EVERY_SECONDS = 1.0
 PRIVACY_EVERY_SECONDS = 1.0
-MAX_BACKOFF_SECONDS = 30.0
+MAX_BACKOFF_SECONDS = 4.0  # ingest flows again within a few seconds of a store's return
 
 
 class Worker:
-    def __init__(self, stores: Stores, consumer: str | None = None):
+    def __init__(self, stores: Stores, consumer: str | None = None, watch: RedisWatch | None = None):
+        """`watch`: the process's watch of Redis's durability, when another part of it runs one (standalone)."""
         self.stores = stores
+        self.watch = watch
         self.flusher = Flusher(stores, consumer or stores.settings.worker_name, self.ensure_project)
         self.deleter = Deleter(stores)
         self._ready: TTLCache[str, bool] = TTLCache(10.0)
@@ -77,6 +80,18 @@ class Worker:
             pass
 
     async def run(self, stop: asyncio.Event) -> None:
+        watching = None
+        if self.watch is None:  # warns at start, and whenever Redis stops keeping what it queues
+            settings = self.stores.settings
+            watch = RedisWatch(self.stores.redis, settings.redis_url is None, settings.ingest_max_memory_share)
+            watching = asyncio.create_task(watch.run(stop), name="redis-watch")
+        try:
+            await self._loop(stop)
+        finally:
+            if watching is not None:
+                watching.cancel()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
         backoff = 0.5
         next_provision = next_privacy = 0.0
         group_ready = False
