@@ -245,11 +245,13 @@ async def test_past_the_high_water_mark_answers_wait_for_the_processor(stores, t
 
 
 async def test_a_hung_redis_call_times_out_and_the_next_batch_goes_through(stores, tenant, monkeypatch, caplog):
-    from openanalytics.ingest import intake
+    """A call that does not answer is sent again for a while (RETRY_SECONDS), then its hits count as failed."""
+    from openanalytics.ingest import commit
 
     outcomes = counted(monkeypatch)
     held = HeldRedis(monkeypatch)
-    monkeypatch.setattr(intake, "STORE_TIMEOUT_SECONDS", 0.1)
+    monkeypatch.setattr(commit, "ATTEMPT_SECONDS", 0.1)
+    monkeypatch.setattr(commit, "RETRY_SECONDS", 0.3)
     app = create_app(stores)
     async with plain_client(app) as http:
         assert_silent(await http.post("/collect", json=hit(tenant.site_id, url=PAGE + "&n=1")))
@@ -259,6 +261,36 @@ async def test_a_hung_redis_call_times_out_and_the_next_batch_goes_through(store
         assert_silent(await http.post("/collect", json=hit(tenant.site_id, url=PAGE + "&n=2")))
         await app.state.intake.settle()
     assert await stored_urls(stores) == [PAGE + "&n=2"]
+    assert held.calls >= 3, "sent again while it did not answer"
+
+
+async def test_a_batch_whose_answer_was_lost_is_sent_again_and_stored_once(stores, make_tenant, monkeypatch):
+    """Redis ran the script but the connection broke before its answer came (a Redis restart): the batch is
+    sent again under the same key, answered from the first run's counts, and nothing is stored twice."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from openanalytics.ingest.commit import Committer
+
+    outcomes = counted(monkeypatch)
+    original, calls = Committer._call, []
+
+    async def answer_lost_once(committer, argv):
+        calls.append(argv[-2])  # the batch key
+        reply = await original(committer, argv)
+        if len(calls) == 1:
+            raise RedisConnectionError("Connection closed by server.")
+        return reply
+
+    monkeypatch.setattr(Committer, "_call", answer_lost_once)
+    tenant = make_tenant(domains=["shop.example"])
+    app = create_app(stores)
+    async with plain_client(app) as http:
+        hits = [hit(tenant.site_id, url=PAGE + f"&n={n}") for n in range(3)]
+        assert_silent(await http.post("/collect", json=hits + [hit(tenant.site_id, url="https://elsewhere.test/")]))
+        await app.state.intake.settle()
+    assert len(calls) == 2 and calls[0] == calls[1] and calls[0].startswith("oa:commit:")
+    assert sorted(await stored_urls(stores)) == [PAGE + f"&n={n}" for n in range(3)]
+    assert outcomes == {"accepted": 3, "disallowed_domain": 1}
 
 
 async def test_a_failing_batch_loses_only_itself(stores, tenant, monkeypatch, caplog):

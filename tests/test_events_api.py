@@ -111,11 +111,18 @@ async def test_one_bad_event_rejects_the_whole_batch(client, tenant, stores):
     assert await stream_length(stores) == 0
 
 
-async def test_huge_integers_are_numbers_like_in_javascript(client, tenant, worker, stores):
-    event = {"event_type": "event", "event_name": "x", "properties": {"a": 10**23}}
-    assert (await client.post(f"/v1/projects/{tenant.id}/events", json=event, headers=tenant.headers)).status_code == 202
+async def test_an_integer_past_64_bits_is_refused_not_rounded_but_a_float_is_kept(client, tenant, worker, stores):
+    """A JSON parser that reads 100000000000000000000001 as 1e+23 would store another number without a
+    word: the integer is refused (send it as a string), a float literal of that size is kept as one."""
+    for literal in (b"100000000000000000000001", b"-100000000000000000000001", b"18446744073709551616"):
+        body = b'{"event_type": "event", "event_name": "x", "properties": {"a": ' + literal + b"}}"
+        response = await client.post(f"/v1/projects/{tenant.id}/events", content=body, headers=tenant.headers)
+        assert assert_error(response, 400)["message"] == (
+            "properties: property 'a' is outside the 64-bit integer range; send it as a string")
+    body = b'[{"event_type": "event", "event_name": "x", "properties": {"a": 1e23, "b": 9007199254740993}}]'
+    assert (await client.post(f"/v1/projects/{tenant.id}/events", content=body, headers=tenant.headers)).status_code == 202
     await worker.drain()
-    assert await stored_rows(stores, tenant.id, "properties['a']") == [("1e+23",)]
+    assert await stored_rows(stores, tenant.id, "properties['a'], properties['b']") == [("1e+23", "9007199254740993")]
 
 
 async def test_error_names_the_field(client, tenant):
