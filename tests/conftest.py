@@ -4,6 +4,13 @@
   chdb allows one per process; every test uses fresh projects, hence fresh databases).
 - server: PostgreSQL (a throwaway database), Redis (database 9, flushed per test) and
   ClickHouse over HTTP (clickhouse-connect's HTTP client against tests/support/clickhouse_http).
+
+The server stores' PostgreSQL and Redis are private servers this session starts on free
+loopback ports (tests/support/servers.py) the first time a test needs them, and stops at its
+end. To use servers of your own instead, set OA_TEST_PG_ADMIN_URL (a superuser URL, e.g.
+postgresql+psycopg://postgres@127.0.0.1:5432/postgres; each session creates and drops a
+database there) and OA_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379; the tests FLUSH its
+databases 9-12, whatever database the URL names).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -29,10 +37,9 @@ from openanalytics.stores.sql import Database
 from openanalytics.worker.runner import Worker
 from tests.helpers import CollectTransport
 from tests.support import clickhouse_http
+from tests.support.servers import RedisServer, start_postgres, start_redis
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 Safari/537.36"
-PG_ADMIN_URL = os.environ.get("OA_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("OA_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
 
 @pytest.fixture(scope="session")
@@ -46,13 +53,49 @@ def embedded_backends(tmp_path_factory) -> Iterator[tuple[Database, EventStore]]
     db.dispose()
 
 
+class ExternalRedis:
+    """The Redis OA_TEST_REDIS_URL names, standing in for a private RedisServer."""
+
+    def __init__(self, url: str):
+        self._parts = urlsplit(url)
+
+    def url(self, db: int = 0) -> str:
+        return urlunsplit(self._parts._replace(path=f"/{db}"))
+
+
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def redis_server(tmp_path_factory) -> Iterator[RedisServer | ExternalRedis]:
+    """The server stores' Redis: `.url(db)`; the tests use databases 9-12 and flush them."""
+    if os.environ.get("OA_TEST_REDIS_URL"):
+        yield ExternalRedis(os.environ["OA_TEST_REDIS_URL"])
+        return
+    with start_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server) -> str:
+    """The server stores' Redis database (9)."""
+    return redis_server.url(9)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory) -> Iterator[str]:
+    """A superuser's URL: OA_TEST_PG_ADMIN_URL, else a private PostgreSQL's."""
+    if os.environ.get("OA_TEST_PG_ADMIN_URL"):
+        yield os.environ["OA_TEST_PG_ADMIN_URL"]
+        return
+    with start_postgres(tmp_path_factory.mktemp("postgres")) as server:
+        yield server.admin_url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(pg_admin_url) -> Iterator[str]:
     name = f"oa_test_{secrets.token_hex(4)}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield pg_admin_url.rsplit("/", 1)[0] + f"/{name}"
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()
@@ -83,8 +126,9 @@ async def stores(request, tmp_path) -> AsyncIterator[Stores]:
         hot = make_redis(None)
     else:
         db, events = request.getfixturevalue("server_backends")
-        redis.Redis.from_url(REDIS_URL).flushdb()
-        hot = make_redis(REDIS_URL)
+        redis_url = request.getfixturevalue("redis_url")
+        redis.Redis.from_url(redis_url).flushdb()
+        hot = make_redis(redis_url)
     yield Stores(settings=settings, db=db, redis=hot, events=events)
     await hot.aclose()
 

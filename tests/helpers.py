@@ -117,3 +117,14 @@ def aggregate_spy(monkeypatch, *modules) -> list:
     for module in modules:
         monkeypatch.setattr(module, "Aggregate", Spy)
     return calls
+
+
+def server_store_urls(request) -> dict[str, str]:
+    """OA_DATABASE_URL, OA_REDIS_URL and OA_CLICKHOUSE_URL of the server stores, for a process a test starts.
+
+    Taken from the session's fixtures only when called, so a test's embedded variant that skips
+    first (`-m "not server_stores"`) starts no server.
+    """
+    return {"OA_DATABASE_URL": request.getfixturevalue("postgres_url"),
+            "OA_REDIS_URL": request.getfixturevalue("redis_url"),
+            "OA_CLICKHOUSE_URL": request.getfixturevalue("clickhouse_url")}

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from openanalytics.provisioning import tenants
+from tests.helpers import server_store_urls
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = "oa-e2e"
@@ -137,14 +138,12 @@ def test_the_chart_on_kind(kind_cluster, tmp_path):
         forward.wait(10)
 
 
-async def test_the_operator_story_on_kind(kind_cluster, stores, client, postgres_url, clickhouse_url, tmp_path):
+async def test_the_operator_story_on_kind(kind_cluster, stores, client, tmp_path, request):
     if stores.events.embedded:
         pytest.skip("the operator process and the test need shared (server) stores")
-    from tests.conftest import REDIS_URL
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("OA_")}
-    env.update(OA_DATABASE_URL=postgres_url, OA_REDIS_URL=REDIS_URL, OA_CLICKHOUSE_URL=clickhouse_url,
-               KUBECONFIG=str(kind_cluster), OA_OPERATOR_DRIFT_SECONDS="2")
+    env.update(server_store_urls(request), KUBECONFIG=str(kind_cluster), OA_OPERATOR_DRIFT_SECONDS="2")
     log = tmp_path / "operator.log"
     with log.open("wb") as out:
         operator = subprocess.Popen([sys.executable, "-m", "openanalytics.cli", "operator", "--namespace", "default"],

@@ -18,6 +18,7 @@ import pytest
 from openanalytics.projects.models import Project
 from openanalytics.provisioning import tenants
 from openanalytics.provisioning.events_schema import ttl_days
+from tests.helpers import server_store_urls
 from tests.support.kmock_k8s import CR, serve_emulator
 from tests.support.kmock_k8s import kubeconfig as kubeconfig_for
 
@@ -121,18 +122,16 @@ async def eventually(check, timeout: float = 30.0, what: str = "condition"):
 
 
 @pytest.fixture
-async def cluster(stores, tmp_path, postgres_url, clickhouse_url):
+async def cluster(stores, tmp_path, request):
     """The emulator and the operator (`openanalytics operator`) running against it and the server stores."""
     if stores.events.embedded:
         pytest.skip("the operator process and the test need shared (server) stores")
-    from tests.conftest import REDIS_URL
 
     async with serve_emulator() as (emulator, url):
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(kubeconfig_for(url))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OA_", "KUBERNETES_"))}
-        env.update(OA_DATABASE_URL=postgres_url, OA_REDIS_URL=REDIS_URL, OA_CLICKHOUSE_URL=clickhouse_url,
-                   KUBECONFIG=str(kubeconfig), OA_OPERATOR_DRIFT_SECONDS="1")
+        env.update(server_store_urls(request), KUBECONFIG=str(kubeconfig), OA_OPERATOR_DRIFT_SECONDS="1")
         log = tmp_path / "operator.log"
         with log.open("wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "openanalytics.cli", "operator", "--namespace", "default"],

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from openanalytics.privacy.models import PrivacyRequest
-from tests.helpers import assert_error, store_events, stored_rows
+from tests.helpers import assert_error, server_store_urls, store_events, stored_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime.now(UTC)
@@ -450,11 +450,10 @@ async def test_export_and_delete_need_their_own_scopes(client, make_tenant):
     assert_error(await client.delete(f"/v1/projects/{exporter.id}/privacy/user/u1", headers=exporter.headers), 403)
 
 
-async def test_a_worker_killed_mid_deletion_is_finished_by_the_next(client, stores, worker, make_tenant,
-                                                                    postgres_url, clickhouse_url):
+async def test_a_worker_killed_mid_deletion_is_finished_by_the_next(client, stores, worker, make_tenant, request):
     if stores.events.embedded:
         pytest.skip("two processes cannot share one embedded ClickHouse")
-    from tests.conftest import REDIS_URL
+    stores_env = server_store_urls(request)  # before `request` names the deletion below
 
     tenant = privacy_tenant(make_tenant)
     await store(stores, tenant, [event("u1", NOW - timedelta(hours=n)) for n in range(4)] + [event("u2", NOW)])
@@ -464,8 +463,7 @@ async def test_a_worker_killed_mid_deletion_is_finished_by_the_next(client, stor
     only(stores, request["request_id"])
 
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OA_")}
-    env.update(OA_DATABASE_URL=postgres_url, OA_REDIS_URL=REDIS_URL, OA_CLICKHOUSE_URL=clickhouse_url,
-               OA_STREAM_KEY=stores.settings.stream_key)
+    env.update(stores_env, OA_STREAM_KEY=stores.settings.stream_key)
     died = subprocess.run([sys.executable, "-m", "tests.support.dying_deleter"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert died.returncode == 137, died.stderr

@@ -31,11 +31,10 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def server_env(postgres_url: str, clickhouse_url: str, redis_db: int, **extra: str) -> dict[str, str]:
+def server_env(postgres_url: str, clickhouse_url: str, redis_url: str, **extra: str) -> dict[str, str]:
     """Settings for processes on the server stores, with an empty Redis database of their own."""
     import redis
 
-    redis_url = f"redis://127.0.0.1:6379/{redis_db}"
     redis.Redis.from_url(redis_url).flushdb()
     return clean_env(OA_DATABASE_URL=postgres_url, OA_REDIS_URL=redis_url, OA_CLICKHOUSE_URL=clickhouse_url, **extra)
 
@@ -144,8 +143,8 @@ def test_embedded_migrate_refuses_while_standalone_holds_the_store(tmp_path):
 
 
 @pytest.mark.server_stores
-def test_serve_and_worker_against_server_stores(tmp_path, postgres_url, clickhouse_url):
-    env = server_env(postgres_url, clickhouse_url, 10, OA_DATA_DIR=str(tmp_path / "unused"))
+def test_serve_and_worker_against_server_stores(tmp_path, postgres_url, clickhouse_url, redis_server):
+    env = server_env(postgres_url, clickhouse_url, redis_server.url(10), OA_DATA_DIR=str(tmp_path / "unused"))
     project = cli(env, "projects", "create", "--name", "Server mode", "--plan", "pro")
     key = cli(env, "keys", "create", "--project", project["id"])
     assert project["id"] in cli(env, "migrate")["provisioned"]
@@ -175,12 +174,13 @@ def test_serve_and_worker_against_server_stores(tmp_path, postgres_url, clickhou
 
 
 @pytest.mark.server_stores
-def test_worker_killed_between_insert_and_ack_stores_exactly_once(tmp_path, postgres_url, clickhouse_url):
+def test_worker_killed_between_insert_and_ack_stores_exactly_once(tmp_path, postgres_url, clickhouse_url,
+                                                                  redis_server):
     import redis
 
     from openanalytics.provisioning.events_schema import database_name
 
-    env = server_env(postgres_url, clickhouse_url, 11, OA_WORKER_NAME="worker-0")
+    env = server_env(postgres_url, clickhouse_url, redis_server.url(11), OA_WORKER_NAME="worker-0")
     project = cli(env, "projects", "create", "--name", "Crash", "--plan", "pro")
     key = cli(env, "keys", "create", "--project", project["id"])
     port = free_port()
@@ -218,9 +218,10 @@ def test_worker_killed_between_insert_and_ack_stores_exactly_once(tmp_path, post
 
 
 @pytest.mark.server_stores
-def test_two_api_processes_share_one_budget_and_see_revocations(tmp_path, postgres_url, clickhouse_url):
+def test_two_api_processes_share_one_budget_and_see_revocations(tmp_path, postgres_url, clickhouse_url,
+                                                                redis_server):
     # A long cache lifetime: only the Redis announcement can make the revocation this fast.
-    env = server_env(postgres_url, clickhouse_url, 12, OA_CACHE_TTL_SECONDS="30")
+    env = server_env(postgres_url, clickhouse_url, redis_server.url(12), OA_CACHE_TTL_SECONDS="30")
     project = cli(env, "projects", "create", "--name", "Shared budget", "--plan", "free")
     admin = cli(env, "keys", "create", "--project", project["id"], "--scope", "keys:manage", "--scope", "projects:read")
     reader = cli(env, "keys", "create", "--project", project["id"], "--scope", "projects:read")

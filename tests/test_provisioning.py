@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from openanalytics import migrations
@@ -12,15 +13,16 @@ from openanalytics.provisioning.projects import provision_pending
 from openanalytics.stores.sql import Database
 
 
-def test_control_plane_migrations_up_down_up(tmp_path, postgres_url):
-    for url in (f"sqlite:///{tmp_path / 'cp.sqlite3'}", postgres_url):
-        db = Database(url)
-        migrations.upgrade(db.engine)
-        migrations.downgrade(db.engine, "base")
-        assert set(sa.inspect(db.engine).get_table_names()) <= {"alembic_version"}
-        migrations.upgrade(db.engine)
-        assert {"projects", "api_keys"} <= set(sa.inspect(db.engine).get_table_names())
-        db.dispose()
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgresql", marks=pytest.mark.server_stores)])
+def test_control_plane_migrations_up_down_up(tmp_path, store, request):
+    url = f"sqlite:///{tmp_path / 'cp.sqlite3'}" if store == "sqlite" else request.getfixturevalue("postgres_url")
+    db = Database(url)
+    migrations.upgrade(db.engine)
+    migrations.downgrade(db.engine, "base")
+    assert set(sa.inspect(db.engine).get_table_names()) <= {"alembic_version"}
+    migrations.upgrade(db.engine)
+    assert {"projects", "api_keys"} <= set(sa.inspect(db.engine).get_table_names())
+    db.dispose()
 
 
 async def test_project_database_migrations_are_idempotent(stores, tenant):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from tests.support.servers import start_postgres, start_redis
+from tests.conftest import ExternalRedis
+from tests.support.servers import RedisServer, start_postgres, start_redis
 
 pytestmark = pytest.mark.server_stores
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,3 +98,19 @@ def test_a_private_postgres_has_a_port_of_its_own_and_a_crash_keeps_its_commits(
     finally:
         server.close()
     assert not server.data_dir.exists()
+
+
+def test_the_server_stores_use_private_servers_unless_given_urls(redis_server, redis_url, pg_admin_url):
+    if os.environ.get("OA_TEST_REDIS_URL"):
+        assert isinstance(redis_server, ExternalRedis)
+    else:
+        assert isinstance(redis_server, RedisServer) and redis_server.port != 6379
+        assert redis_url == f"redis://127.0.0.1:{redis_server.port}/9"
+    if not os.environ.get("OA_TEST_PG_ADMIN_URL"):
+        assert sa.make_url(pg_admin_url).port not in (None, 5432)
+
+
+def test_an_external_redis_url_names_the_server_and_the_tests_choose_the_database():
+    external = ExternalRedis("redis://:secret@redis.internal:6380/3?socket_timeout=5")
+    assert external.url(10) == "redis://:secret@redis.internal:6380/10?socket_timeout=5"
+    assert ExternalRedis("redis://127.0.0.1:6379").url(9) == "redis://127.0.0.1:6379/9"
