@@ -6,14 +6,19 @@ import httpx
 
 from openanalytics.app import create_app
 from openanalytics.runtime import Stores
-from openanalytics.stores.redis import make_redis
+from openanalytics.stores.redis import is_embedded, make_redis
 
 
-async def test_ready_when_all_three_stores_answer(client):
+async def test_ready_when_all_three_stores_answer(client, stores):
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     response = await client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok", "clickhouse": "ok"}}
+    body = response.json()
+    assert body["status"] == "ok" and body["checks"] == {"database": "ok", "redis": "ok", "clickhouse": "ok"}
+    if is_embedded(stores.redis):
+        assert body["warnings"] == [] and body["ingest"] is None, "the embedded queue has no Redis settings"
+    else:  # the tests' Redis keeps nothing on disk: said so (test_durability.py has the rest)
+        assert body["ingest"]["aof"] is False and body["warnings"][0].startswith("Redis has AOF off")
 
 
 async def test_degraded_but_ready_when_redis_is_unreachable(stores):

@@ -40,6 +40,13 @@ def only(stores, request_id: str) -> None:
             other.status = "failed"
 
 
+async def tag(stores, project_id: str, user_id: str) -> str:
+    """How the tombstones name a user (a keyed hash, never the id itself)."""
+    from openanalytics.privacy.tombstones import tombstone_key, user_tag
+
+    return user_tag(await tombstone_key(stores.db), project_id, user_id)
+
+
 def privacy_tenant(make_tenant):
     return make_tenant(scopes=["privacy:export", "privacy:delete", "events:write", "stats:read"])
 
@@ -210,7 +217,7 @@ async def test_a_session_is_found_though_the_flusher_dropped_the_event_naming_th
     import orjson
 
     from openanalytics.ingest.buffer import FIELD
-    from openanalytics.privacy.deletion import forget_key
+    from openanalytics.privacy.tombstones import forget_key
 
     now = datetime.now(UTC)
     tenant = privacy_tenant(make_tenant)
@@ -219,7 +226,7 @@ async def test_a_session_is_found_though_the_flusher_dropped_the_event_naming_th
                                  event("", now - timedelta(hours=2), origin="collect", visitor_id=8, session_id=600)])
     request = (await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)).json()
     only(stores, request["request_id"])
-    await stores.redis.hset(forget_key(tenant.id), "u1", ms(now) + 60_000)
+    await stores.redis.hset(forget_key(tenant.id), await tag(stores, tenant.id, "u1"), ms(now) + 60_000)
     aged = {"visitor_age": 5, "path_visitor_age": 5, "path_session_age": 5}
     for row in (event("u1", now - timedelta(minutes=5), **visit), event("", now - timedelta(minutes=4), **visit),
                 event("", now - timedelta(minutes=3), **{**visit, "session_id": 502}, **aged)):
@@ -279,19 +286,20 @@ async def test_a_deletion_while_events_of_the_visit_keep_arriving_and_being_stor
 
 
 async def test_tombstones_older_than_a_day_are_pruned_by_the_next_deletion(client, stores, worker, make_tenant):
-    from openanalytics.privacy.deletion import forget_key, forget_sessions_key, forgotten
+    from openanalytics.privacy.tombstones import forget_key, forget_sessions_key, forgotten, tombstone_key
 
+    key = await tombstone_key(stores.db)
     tenant = privacy_tenant(make_tenant)
     day_ago = ms(datetime.now(UTC) - timedelta(hours=25))
     await stores.redis.hset(forget_key(tenant.id), mapping={"old": day_ago, "recent": ms(datetime.now(UTC))})
     await stores.redis.hset(forget_sessions_key(tenant.id), mapping={
         "41": f"{day_ago}:4:old", "42": f"{ms(datetime.now(UTC))}:4:recent:with:colons", "43": "another form"})
-    assert 43 in (await forgotten(stores.redis, tenant.id)).sessions, "read, not a stop for the flusher"
+    assert 43 in (await forgotten(stores.redis, key, tenant.id)).sessions, "read, not a stop for the flusher"
     request = (await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)).json()
     only(stores, request["request_id"])
     assert await worker.forget() == [request["request_id"]]
-    left = await forgotten(stores.redis, tenant.id)
-    assert set(left.users) == {"recent", "u1"}
+    left = await forgotten(stores.redis, key, tenant.id)
+    assert set(left.users) == {"recent", await tag(stores, tenant.id, "u1")}
     assert left.sessions == {42: ("recent:with:colons", 4)}
 
 
@@ -327,7 +335,7 @@ async def test_a_deletion_waits_for_the_batches_workers_hold_until_stored(stores
     waited, _ = await asyncio.gather(wait(), store_later())
     assert waited, "returned only once the held batch was stored"
     monkeypatch.setattr(deletion, "IN_FLIGHT_SECONDS", 0.3)  # the entry read after is held for good
-    with pytest.raises(RuntimeError, match="still being stored"):
+    with pytest.raises(deletion.DeletionFailed, match="batches_in_flight"):
         await worker.deleter._read_batches_stored()
 
 
@@ -416,16 +424,17 @@ async def test_usage_still_counts_what_was_tracked_after_a_deletion(client, stor
 
 
 async def test_events_queued_before_the_request_are_not_stored_later(client, stores, worker, make_tenant):
-    from openanalytics.privacy.deletion import forget_key
+    from openanalytics.privacy.tombstones import forget_key
 
     tenant = privacy_tenant(make_tenant)
+    u1 = await tag(stores, tenant.id, "u1")
     body = [{"event_type": "event", "event_name": "x", "user_id": "u1"}, {"event_type": "event", "event_name": "x"}]
     assert (await client.post(f"/v1/projects/{tenant.id}/events", json=body, headers=tenant.headers)).status_code == 202
     # A deletion that started after these were queued but before they were flushed:
-    await stores.redis.hset(forget_key(tenant.id), "u1", ms(datetime.now(UTC)) + 1000)
+    await stores.redis.hset(forget_key(tenant.id), u1, ms(datetime.now(UTC)) + 1000)
     await worker.drain()
     assert [user for (user,) in await stored_rows(stores, tenant.id, "user_id")] == [""]
-    await stores.redis.hset(forget_key(tenant.id), "u1", ms(NOW) - 60_000)  # a deletion long before
+    await stores.redis.hset(forget_key(tenant.id), u1, ms(NOW) - 60_000)  # a deletion long before
     assert (await client.post(f"/v1/projects/{tenant.id}/events", json=body[:1], headers=tenant.headers)).status_code == 202
     await worker.drain()
     assert sorted(user for (user,) in await stored_rows(stores, tenant.id, "user_id")) == ["", "u1"]
@@ -482,20 +491,73 @@ async def test_a_worker_killed_mid_deletion_is_finished_by_the_next(client, stor
         assert session.get(PrivacyRequest, request["request_id"]).attempts == 2
 
 
-async def test_repeated_failures_end_as_failed_with_the_error(client, stores, worker, make_tenant, monkeypatch):
-    from openanalytics.privacy import deletion
+async def test_failed_attempts_are_retried_with_backoff_and_end_failed_only_when_the_retry_time_ran_out(
+        client, stores, make_tenant, caplog):
+    """An attempt that fails (here: ClickHouse unreachable, with the user id and the server's URL in the
+    error's text) is queued again 1 s later, then 2 s, ...; the request keeps a code and a sentence,
+    never the text; past OA_PRIVACY_RETRY_SECONDS from its first attempt it ends failed."""
+    import dataclasses
 
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    from openanalytics.privacy.deletion import Deleter
+
+    tenant = privacy_tenant(make_tenant)
+    request = (await client.delete(f"/v1/projects/{tenant.id}/privacy/user/sha256%2Fu1%3D%3D",
+                                   headers=tenant.headers)).json()
+    only(stores, request["request_id"])
+    deleter = Deleter(dataclasses.replace(stores, settings=stores.settings.model_copy(
+        update={"privacy_retry_seconds": 3600})))
+
+    async def unreachable(claimed):
+        raise OperationalError(f"Error HTTPConnectionPool(host='ch.internal', port=8123): url: "
+                               f"http://default:pw@ch.internal:8123/?param_user={claimed.user_id}")
+
+    deleter.delete_user = unreachable
+
+    def move(**times) -> None:
+        with stores.db.session() as session:
+            row = session.get(PrivacyRequest, request["request_id"])
+            for name, moment in times.items():
+                setattr(row, name, moment)
+
+    for attempt, delay in ((1, 1), (2, 2), (3, 4)):
+        before = datetime.now(UTC)
+        assert await deleter.run_once() == request["request_id"]
+        status = (await client.get(request["poll_url"], headers=tenant.headers)).json()
+        assert status["status"] == "queued" and status["attempts"] == attempt
+        assert status["error"] == "events_store_unreachable"
+        assert status["error_message"] == ("The events store (ClickHouse) could not be reached. "
+                                           "The deletion is retried with backoff.")
+        retry_at = datetime.fromisoformat(status["next_attempt_at"])
+        assert before + timedelta(seconds=delay) <= retry_at <= datetime.now(UTC) + timedelta(seconds=delay)
+        assert await deleter.run_once() is None, "not due before its time"
+        move(next_attempt_at=datetime.now(UTC) - timedelta(seconds=1))
+
+    move(started_at=datetime.now(UTC) - timedelta(seconds=3601))
+    assert await deleter.run_once() == request["request_id"]
+    status = (await client.get(request["poll_url"], headers=tenant.headers)).json()
+    assert status["status"] == "failed" and status["attempts"] == 4 and status["next_attempt_at"] is None
+    assert status["error"] == "events_store_unreachable"
+    assert status["error_message"].endswith("retried until OA_PRIVACY_RETRY_SECONDS ran out.")
+    assert await deleter.run_once() is None
+    with stores.db.session() as session:
+        row = session.get(PrivacyRequest, request["request_id"])
+        assert row.user_id is None and row.error == "events_store_unreachable"
+    logged = caplog.text
+    assert "attempt 1 failed (events_store_unreachable, OperationalError); retrying in 1 s" in logged
+    assert "u1" not in logged and "ch.internal" not in logged and "param_user" not in logged
+
+
+async def test_a_request_whose_worker_died_past_the_retry_time_ends_failed_as_interrupted(client, stores, worker,
+                                                                                      make_tenant):
     tenant = privacy_tenant(make_tenant)
     request = (await client.delete(f"/v1/projects/{tenant.id}/privacy/user/u1", headers=tenant.headers)).json()
     only(stores, request["request_id"])
-
-    async def broken(claimed):
-        raise RuntimeError("ClickHouse said no")
-
-    monkeypatch.setattr(worker.deleter, "delete_user", broken)
-    for attempt in range(deletion.MAX_ATTEMPTS):
-        assert await worker.deleter.run_once() == request["request_id"]
-        status = (await client.get(request["poll_url"], headers=tenant.headers)).json()
-        assert status["error"] == "ClickHouse said no"
-        assert status["status"] == ("failed" if attempt == deletion.MAX_ATTEMPTS - 1 else "queued")
-    assert await worker.deleter.run_once() is None
+    long_ago = datetime.now(UTC) - timedelta(days=2)
+    with stores.db.session() as session:
+        row = session.get(PrivacyRequest, request["request_id"])
+        row.status, row.attempts, row.started_at, row.lease_until = "running", 1, long_ago, long_ago
+    assert await worker.forget() == []
+    status = (await client.get(request["poll_url"], headers=tenant.headers)).json()
+    assert (status["status"], status["error"]) == ("failed", "interrupted")

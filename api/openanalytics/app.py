@@ -92,7 +92,7 @@ def create_app(
     app.state.project_cache = TTLCache(settings.cache_ttl_seconds)
     limiter = RateLimiter(stores.redis, settings.auth_failures_per_minute)
     app.state.geo = Geo(settings.effective_geoip_path)
-    app.state.redis_watch = RedisWatch(stores.redis, settings.redis_url is None, settings.ingest_max_memory_share)
+    app.state.redis_watch = RedisWatch(stores.redis, settings.ingest_max_memory_share)
     app.state.buffer = Buffer(stores.redis, settings.stream_key, settings.ingest_max_queued, Confirmation(
         settings.events_wait_fsync, settings.events_wait_replicas, settings.events_wait_timeout_ms))
     app.state.collector = collect.Collector(stores, app.state.geo, watch=app.state.redis_watch)

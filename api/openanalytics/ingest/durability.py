@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from openanalytics.stores.redis import is_embedded
+
 log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 1.0
@@ -79,9 +81,9 @@ async def read_facts(redis: aioredis.Redis) -> RedisFacts:
 class RedisWatch:
     """The latest facts about the queue's Redis (None until read, or while it is unreachable)."""
 
-    def __init__(self, redis: aioredis.Redis, embedded: bool, max_memory_share: float):
+    def __init__(self, redis: aioredis.Redis, max_memory_share: float):
         self.redis = redis
-        self.embedded = embedded
+        self.embedded = is_embedded(redis)
         self.max_memory_share = max_memory_share
         self.facts: RedisFacts | None = None
         self._warned: list[str] | None = None

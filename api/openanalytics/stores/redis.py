@@ -31,6 +31,11 @@ class _ReconnectingHealthCheck:
             await self.connect()
 
 
+def is_embedded(client: aioredis.Redis) -> bool:
+    """Whether the client is the in-process fakeredis of the embedded mode (no persistence, no INFO)."""
+    return type(client).__module__.startswith("fakeredis")
+
+
 def make_redis(url: str | None, max_connections: int = 50) -> aioredis.Redis:
     """A client whose pool waits for a free connection (up to 5 s) instead of failing at once."""
     if url:

@@ -83,7 +83,7 @@ class Worker:
         watching = None
         if self.watch is None:  # warns at start, and whenever Redis stops keeping what it queues
             settings = self.stores.settings
-            watch = RedisWatch(self.stores.redis, settings.redis_url is None, settings.ingest_max_memory_share)
+            watch = RedisWatch(self.stores.redis, settings.ingest_max_memory_share)
             watching = asyncio.create_task(watch.run(stop), name="redis-watch")
         try:
             await self._loop(stop)
