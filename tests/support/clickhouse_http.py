@@ -258,11 +258,11 @@ def serve(path: str, port: int) -> None:
             anchor.close()
 
 
-def start(path: str, timeout: float = 30.0) -> tuple[str, subprocess.Popen]:
-    """Launch the server on a free port in a subprocess; returns (url, process)."""
+def start(path: str, timeout: float = 30.0, port: int = 0) -> tuple[str, subprocess.Popen]:
+    """Launch the server in a subprocess, on `port` or a free one; returns (url, process)."""
     log = tempfile.TemporaryFile()  # a file, not a pipe: an unread pipe can block the server
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.clickhouse_http", "--port", "0", "--path", path],
+        [sys.executable, "-m", "tests.support.clickhouse_http", "--port", str(port), "--path", path],
         cwd=Path(__file__).resolve().parents[2], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
     proc.log = log
     deadline, line = time.monotonic() + timeout, b""
