@@ -2,9 +2,10 @@
 both measured in the same run on the same machine, one server process each.
 
     python benchmarks/collect_pipeline.py [--seconds 3] [--rounds 5] [--connections 32] [--visitors 2000] [--parts 1]
-                                          [--generator wrk|python]
+                                          [--generator wrk|python] [--aof 1]
 
-Needs Redis on 127.0.0.1:6379 (database 15 is flushed). The load comes from wrk (`apt-get install
+Needs Redis on 127.0.0.1:6379 (database 15 is flushed); with `--aof 1` it starts a redis-server of its
+own with an append-only file (`appendfsync everysec`), as production runs it, instead. The load comes from wrk (`apt-get install
 wrk`) where it is installed, else from the Python generator in _load.py, which takes about 8 µs of
 CPU per request where wrk takes 5, on the same cores as the servers (each is one process). The
 requests come from `--visitors` different addresses (behind a trusted proxy, as with an ingress)
@@ -25,6 +26,8 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from _load import GENERATORS, cli, cpu_seconds, free_port, http_request, load_arguments, run, start_server, wait_stored
@@ -158,15 +161,30 @@ def collect_request(env: dict) -> bytes:
     return collect_requests(env, visitors=1)[0]
 
 
+@contextmanager
+def private_redis(folder: Path, aof: bool) -> Iterator[str]:
+    """The URL to measure against: the machine's Redis, or with `aof` one started here with an AOF."""
+    if not aof:
+        yield REDIS_URL
+        return
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.support.servers import start_redis
+
+    with start_redis(folder / "redis", aof=True) as server:
+        yield server.url(15)
+
+
 async def main() -> None:
-    args = load_arguments(__doc__, generators=True, visitors=2000, parts=0)
+    args = load_arguments(__doc__, generators=True, visitors=2000, parts=0, aof=0)
     load = GENERATORS[args.generator]
     import redis
 
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, private_redis(Path(tmp), args.aof) as redis_url:
+        redis.Redis.from_url(redis_url).flushdb()
         env = {k: v for k, v in os.environ.items() if not k.startswith("OA_")}
-        env.update(OA_DATABASE_URL=f"sqlite:///{Path(tmp) / 'cp.sqlite3'}", OA_REDIS_URL=REDIS_URL,
+        env.update(OA_DATABASE_URL=f"sqlite:///{Path(tmp) / 'cp.sqlite3'}", OA_REDIS_URL=redis_url,
                    OA_DATA_DIR=str(Path(tmp) / "data"), OA_TRUSTED_PROXIES="127.0.0.1/32")
         geo = Path(__file__).resolve().parent.parent / ".tools" / "geoip" / "country.mmdb"
         if geo.is_file():
@@ -181,7 +199,7 @@ async def main() -> None:
             servers[label] = (port, start_server(f"import collect_pipeline as m; m.{target.format(port=port)}", own, port))
         results: dict[str, list] = {label: [] for label in servers}
         answered = sent = 0  # by the full pipeline: each answered hit must end up on the stream, and no more than were sent
-        stream = redis.Redis.from_url(REDIS_URL)
+        stream = redis.Redis.from_url(redis_url)
         try:
             for label, (port, _) in servers.items():  # warm-up
                 warm = await load(port, request, 1, args.connections)
