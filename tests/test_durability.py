@@ -22,7 +22,7 @@ from openanalytics.worker.runner import Worker
 from tests.conftest import BROWSER, Tenant
 from tests.helpers import CollectTransport, assert_error, counted
 from tests.support import clickhouse_http
-from tests.support.servers import start_redis
+from tests.support.servers import start_postgres, start_redis
 
 pytestmark = pytest.mark.server_stores
 
@@ -85,6 +85,8 @@ async def readyz(http: httpx.AsyncClient) -> tuple[int, dict]:
 
 async def test_readyz_tells_the_truth_about_each_store_and_about_redis_durability(
         tmp_path, postgres_url, clickhouse, client_of):
+    """Only the control plane takes a pod out of service: without ClickHouse events still queue, without
+    Redis queries still work; each store's state is in `checks`."""
     with start_redis(tmp_path / "redis", aof=True) as redis_server:
         http = await client_of(stores_on(tmp_path, postgres_url, redis_server.url(), clickhouse.url))
         status, body = await readyz(http)
@@ -95,7 +97,7 @@ async def test_readyz_tells_the_truth_about_each_store_and_about_redis_durabilit
 
         clickhouse.stop()  # clickhouse-connect's ping answers False here rather than raising
         status, body = await readyz(http)
-        assert status == 503 and body["status"] == "unavailable"
+        assert status == 200 and body["status"] == "degraded", "in service: events still queue"
         assert body["checks"]["clickhouse"].startswith("error:") and body["checks"]["redis"] == "ok", body
         clickhouse.start()
         assert (await readyz(http))[0] == 200
@@ -106,6 +108,14 @@ async def test_readyz_tells_the_truth_about_each_store_and_about_redis_durabilit
         assert body["checks"]["redis"].startswith("error:")
         redis_server.start()
         assert (await readyz(http))[1]["status"] == "ok", "the pool's dead connections are replaced"
+
+        with start_postgres(tmp_path / "postgres") as postgres:
+            http = await client_of(stores_on(tmp_path, postgres.admin_url, redis_server.url(1), clickhouse.url))
+            assert (await readyz(http))[0] == 200
+            postgres.stop()
+            status, body = await readyz(http)
+            assert status == 503 and body["status"] == "unavailable"
+            assert body["checks"]["database"].startswith("error:") and body["checks"]["clickhouse"] == "ok"
 
 
 async def test_readyz_and_the_log_warn_when_redis_would_lose_or_evict_queued_events(
@@ -195,8 +205,10 @@ async def test_waiting_for_the_disk_needs_appendfsync_always_before_redis_7_2(
         facts = await http._transport.app.state.redis_watch.refresh()
         if facts.has_waitaof:
             pytest.skip("this Redis confirms with WAITAOF whatever its appendfsync")
-        assert_error(await http.post(f"/v1/projects/{tenant.id}/events", json=events, headers=tenant.headers),
-                     503, "not_confirmed")
+        refused = assert_error(await http.post(f"/v1/projects/{tenant.id}/events", json=events,
+                                               headers=tenant.headers), 503, "unavailable")
+        assert refused["message"].startswith("Nothing was queued") and "appendfsync always" in refused["message"]
+        assert await stores.redis.xlen(stores.settings.stream_key) == 0
     with start_redis(tmp_path / "always", aof=True, args=["--appendfsync", "always"]) as always:
         stores = stores_on(tmp_path, postgres_url, always.url(), clickhouse_url, events_wait_fsync=True)
         http = await client_of(stores)

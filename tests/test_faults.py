@@ -18,15 +18,17 @@ pytestmark = [pytest.mark.server_stores, pytest.mark.timeout(600)]
 
 def test_the_fault_suite_keeps_every_promise(tmp_path):
     """Every acknowledged event stored exactly once through each fault; /collect loses only what a killed
-    process held; ingest flows again within 10 s of each store's return; the deletion completes."""
+    process held; ingest flows again within 10 s of each store's return; a deletion running when ClickHouse
+    stops for 30 s completes after it returns. (The other outages are 10 s here, to keep CI short; the
+    README's table is of `python -m tests.fault_suite`, 30 s each.)"""
     with Stack(tmp_path / "stack") as stack:
-        outcomes = fault_suite.Suite(stack, outage=fault_suite.DEFAULT_OUTAGE).run()
+        outcomes = fault_suite.Suite(stack, outage=10, deletion_outage=30).run()
     print("\n" + fault_suite.HEADER)
     for outcome in outcomes:
         print(fault_suite.row(outcome))
     assert [o.fault for o in outcomes if not o.kept] == [], [fault_suite.row(o) + " " + o.note for o in outcomes]
     assert all(o.acknowledged > 100 and o.hits_answered > 50 for o in outcomes), "the load ran"
-    assert "deletion completed" in outcomes[-1].note
+    assert outcomes[-1].note.startswith("deletion running when ClickHouse stopped, completed")
 
 
 def every_request(api: str, tenant: fault_suite.Tenant, admin: dict, n: int) -> list[tuple[str, int]]:
@@ -76,8 +78,7 @@ def burst(api: str, tenant: fault_suite.Tenant, size: int = 24) -> list[tuple[st
     return asyncio.run(run())
 
 
-@pytest.mark.parametrize("restart", ["graceful", "kill -9"])
-def test_after_a_redis_restart_no_request_of_any_kind_fails_in_any_process(tmp_path, restart):
+def test_after_a_redis_restart_no_request_of_any_kind_fails_in_any_process(tmp_path):
     """Pooled connections to the Redis that went away are replaced before use: no request fails after the
     restart (a 503, a dropped hit, or a budget not counted), in either API process or the worker."""
     with Stack(tmp_path / "stack", apis=2, workers=1) as stack:
@@ -90,21 +91,20 @@ def test_after_a_redis_restart_no_request_of_any_kind_fails_in_any_process(tmp_p
             assert [answer for answer in answers if answer[1] >= 300] == []
         assert stack.wait_drained(30)
 
-        if restart == "graceful":
-            stack.redis.stop()
-        else:
-            stack.redis.kill()
-        stack.redis.start()
-        time.sleep(2)  # "later": the processes have been idle since
+        for n, restart in enumerate((stack.redis.stop, stack.redis.kill)):  # graceful, then kill -9
+            restart()
+            stack.redis.start()
+            time.sleep(2)  # "later": the processes have been idle since
 
-        failed = []
-        for n, api in enumerate(stack.apis, start=10):
-            failed += [(api.name, what, status) for what, status in every_request(api.base, tenant, admin, n)
-                       + burst(api.base, tenant) if status >= 300]
-        assert failed == []
-        assert stack.wait_drained(30), "the worker goes on reading the stream"
+            failed = []
+            for api_n, api in enumerate(stack.apis):
+                failed += [(api.name, what, status) for what, status
+                           in every_request(api.base, tenant, admin, 10 * (n + 1) + api_n) + burst(api.base, tenant)
+                           if status >= 300]
+            assert failed == [], restart.__name__
+            assert stack.wait_drained(30), "the worker goes on reading the stream"
         hits = stack.stored(tenant.project_id, "path", "origin = 'collect'")
-        assert set(hits) == {f"/r/{n}" for n in (0, 1, 10, 11)} and set(hits.values()) == {1}
+        assert set(hits) == {f"/r/{n}" for n in (0, 1, 10, 11, 20, 21)} and set(hits.values()) == {1}
         users = stack.stored(tenant.project_id, "user_id", "event_type = 'identify'")
         deadline = time.monotonic() + 30
         while users and time.monotonic() < deadline:  # every deletion asked for is carried out

@@ -153,3 +153,55 @@ async def test_every_answer_of_the_app_says_nosniff(client, tenant):
                                   ("GET", f"/v1/projects/{tenant.id}/privacy/user/x", tenant.headers)):
         response = await client.request(method, path, headers=headers)
         assert response.headers.get("x-content-type-options") == "nosniff", (path, response.status_code)
+
+
+async def test_an_idempotency_key_sent_again_gets_the_first_answer_and_queues_nothing_twice(client, tenant, stores,
+                                                                                            worker):
+    url = f"/v1/projects/{tenant.id}/events"
+    headers = {**tenant.headers, "Idempotency-Key": "order-1042 (retry-safe)"}
+    body = [{"event_type": "conversion", "event_name": "purchase", "revenue": 49.99, "currency": "USD"},
+            {"event_type": "event", "event_name": "signup", "properties": {"b": 1, "a": "x"}}]
+    first = await client.post(url, json=body, headers=headers)
+    assert first.status_code == 202 and first.headers["idempotent-replayed"] == "false"
+    # The same events written otherwise (key order, spacing) are the same request.
+    again = await client.post(url, content=b'[{"currency":"USD","revenue":49.99,"event_name":"purchase",'
+                              b'"event_type":"conversion"},{"properties":{"a":"x","b":1},"event_type":"event",'
+                              b'"event_name":"signup"}]', headers={**headers, "Content-Type": "application/json"})
+    assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json(), "the same event ids"
+    assert await stream_length(stores) == 2
+    other = await client.post(url, json=body[:1], headers=headers)
+    assert assert_error(other, 409, "idempotency_key_reused")
+    assert (await client.post(url, json=body, headers={**tenant.headers, "Idempotency-Key": "order-1043"})
+            ).json()["event_ids"] != first.json()["event_ids"]
+    await worker.drain()
+    stored = sorted(event_id for (event_id,) in await stored_rows(stores, tenant.id, "toString(event_id)"))
+    assert len(stored) == 4 and set(first.json()["event_ids"]) <= set(stored)
+    for bad in ("", "x" * 256, "ключ".encode()):
+        response = await client.post(url, json=body, headers={**tenant.headers, "Idempotency-Key": bad})
+        assert_error(response, 400)
+
+
+async def test_events_whose_answer_was_lost_are_sent_again_and_queued_once(client, tenant, stores, monkeypatch):
+    """Redis took the append, then the connection broke before its answer (a Redis restart): the append is
+    sent again under the request's own key, answered from the first, and the client gets a plain 202."""
+    from redis.asyncio.client import Pipeline
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    original, calls = Pipeline.execute, []
+
+    async def answer_lost_once(pipe, raise_on_error=True):
+        appending = any(str(arg).startswith("oa:append:") for args, _ in pipe.command_stack for arg in args)
+        replies = await original(pipe, raise_on_error=raise_on_error)
+        if not appending:  # the rate limiter's, say
+            return replies
+        calls.append(replies)
+        if len(calls) == 1:
+            raise RedisConnectionError("Connection closed by server.")
+        return replies
+
+    monkeypatch.setattr(Pipeline, "execute", answer_lost_once)
+    response = await client.post(f"/v1/projects/{tenant.id}/events", json=events(3), headers=tenant.headers)
+    assert response.status_code == 202 and response.headers["idempotent-replayed"] == "false"
+    assert len(calls) == 2 and calls[0][0] in (b"queued", "queued") and calls[1][0] not in (b"queued", "queued")
+    assert await stream_length(stores) == 3

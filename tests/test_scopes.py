@@ -29,8 +29,8 @@ ROUTES = {
     ("GET", "/v1/projects/{project_id}/goals"): (Scope.stats_read, {}),
     ("POST", "/v1/projects/{project_id}/goals"): (Scope.goals_manage, {"json": {"name": "g", "match": "any_conversion"}}),
     ("DELETE", "/v1/projects/{project_id}/goals/{goal_id}"): (Scope.goals_manage, {}),
-    ("GET", "/v1/projects/{project_id}/privacy/user/{user_id}"): (Scope.privacy_export, {}),
-    ("DELETE", "/v1/projects/{project_id}/privacy/user/{user_id}"): (Scope.privacy_delete, {}),
+    ("GET", "/v1/projects/{project_id}/privacy/user/{user_id:path}"): (Scope.privacy_export, {}),
+    ("DELETE", "/v1/projects/{project_id}/privacy/user/{user_id:path}"): (Scope.privacy_delete, {}),
     ("GET", "/v1/projects/{project_id}/privacy/requests/{request_id}"): (Scope.privacy_delete, {}),
     ("GET", "/v1/projects/{project_id}/stats"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
     ("GET", "/v1/projects/{project_id}/timeseries"): (Scope.stats_read, {"params": {"from": "2026-11-01", "to": "2026-11-02"}}),
@@ -99,7 +99,7 @@ async def test_scope_is_enforced(client, stores, make_tenant, route):
             if session.get(PrivacyRequest, request_id) is None:
                 session.add(PrivacyRequest(id=request_id, project_id=tenant.id, user_hash=tenant.id * 2,
                                            status="completed", attempts=1))
-        return path.format(project_id=tenant.id, key_id=tenant.key.key.id, goal_id=goal_id, user_id="u1",
+        return path.replace(":path}", "}").format(project_id=tenant.id, key_id=tenant.key.key.id, goal_id=goal_id, user_id="u1",
                            request_id=request_id)
 
     refused = await client.request(method, url(without), headers=without.headers, **kwargs)

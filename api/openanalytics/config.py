@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         default=0, ge=0, le=16, description="Answer 202 only once this many Redis replicas have the events (WAIT).",
     )
     events_wait_timeout_ms: int = Field(
-        default=1000, ge=1, le=60_000, description="How long a 202 waits for that confirmation before a 503.",
+        default=2000, ge=1, le=60_000, description="How long a 202 waits for that confirmation before a 503.",
     )
     privacy_retry_seconds: int = Field(
         default=24 * 3600, ge=1,

@@ -29,7 +29,7 @@ class Readiness(BaseModel):
                                      "maxmemory": 419430400, "used_memory": 2311520, "memory_share": 0.0055}}]
         }
     )
-    status: str = Field(description="ok, degraded (Redis down) or unavailable.")
+    status: str = Field(description="ok, degraded (Redis or ClickHouse down: still in service) or unavailable.")
     checks: dict[str, str] = Field(description="Per store (and worker in standalone): ok or the error's type.")
     warnings: list[str] = Field(
         default_factory=list,
@@ -56,10 +56,13 @@ async def _check(coro) -> str:
     "/readyz",
     summary="Readiness: the stores answer",
     description=(
-        "503 when PostgreSQL/SQLite or ClickHouse fails (or, in standalone, the worker). A failing Redis "
-        "makes the status `degraded` but keeps 200: queries still work, rate limits are not enforced, "
-        "server-side events answer 503 and /collect drops hits. `warnings` says what keeps Redis from keeping "
-        "a 202's promise (AOF off, keys evicted) or that the ingest queue is full."
+        "503 when PostgreSQL/SQLite fails (or, in standalone, the worker). A failing Redis or ClickHouse "
+        "makes the status `degraded` but keeps 200, so pods stay in service: without ClickHouse events "
+        "still queue and queries fail; without Redis queries work, rate limits are not enforced, "
+        "server-side events answer 503 and /collect holds hits for a while. `checks` says which store "
+        "failed. `warnings` says what keeps Redis from keeping a 202's promise (AOF off, keys evicted) or "
+        "that the ingest queue is full. Meant for probes: keep it off the public ingress if its details "
+        "should not be public."
     ),
     response_model=Readiness,
     responses={503: {"description": "Not ready.", "model": Readiness}},
@@ -88,8 +91,12 @@ async def readyz(request: Request) -> JSONResponse:
     worker = getattr(request.app.state, "worker", None)
     if worker is not None:  # standalone: the in-process worker is part of being ready
         checks["worker"] = "ok" if worker.healthy else f"error: failing ({worker.failures} attempts)"
-    ready = all(value == "ok" for name, value in checks.items() if name != "redis")
-    status = "unavailable" if not ready else "ok" if checks["redis"] == "ok" else "degraded"
+    # Only what every request needs decides readiness. Without Redis or ClickHouse a pod still serves
+    # what it can (events queue through a ClickHouse outage; queries without Redis): taking every pod
+    # out of its Service then would turn one store's outage into the whole API's.
+    ready = all(checks[name] == "ok" for name in checks if name not in ("redis", "clickhouse"))
+    degraded = checks["redis"] != "ok" or checks["clickhouse"] != "ok"
+    status = "unavailable" if not ready else "degraded" if degraded else "ok"
     warnings = watch.facts.warnings() if ingest and watch.facts is not None else []
     if ingest and (ingest["queued_events"] >= ingest["max_queued_events"] or watch.memory_full):
         warnings.append("the ingest queue is full: server-side events are refused (503) and /collect hits dropped "

@@ -18,7 +18,9 @@ _KEY = re.compile(r"oa_live_[A-Za-z0-9_\-]+")
 # A privacy route's user id: to the end of a decoded path (it may hold '/', '?', spaces), or to the
 # query or fragment of a URL as sent (where they are percent-encoded).
 _USER_IN_PATH = re.compile(r"(/privacy/user/).*", re.DOTALL)
-_USER_IN_URL = re.compile(r"(/privacy/user/)[^?#\s\"']*")
+_USER_IN_TEXT = re.compile(r"(/privacy/user/)(?:[^\"\\\n]|\\.)*")  # in a line: to its end or a JSON string's
+# A statement's parameters, as clickhouse-connect puts them in a URL (an error's text may quote it).
+_PARAMETER = re.compile(r"(\bparam_\w+=)[^&\s\"']*")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
@@ -27,13 +29,11 @@ def redact_path(path: str) -> str:
     return _USER_IN_PATH.sub(r"\1{user_id}", path)
 
 
-def redact_url(url: str) -> str:
-    """The same for a URL as sent (percent-encoded), and for any text that may hold one."""
-    return _USER_IN_URL.sub(r"\1{user_id}", url)
-
-
 def scrub(text: str) -> str:
-    return redact_url(_KEY.sub("oa_live_[redacted]", text))
+    """A log line without keys, privacy routes' user ids or statement parameters (the last line of
+    defence: the code logs none of them)."""
+    text = _USER_IN_TEXT.sub(r"\1{user_id}", _KEY.sub("oa_live_[redacted]", text))
+    return _PARAMETER.sub(r"\1[redacted]", text)
 
 
 class TraceIds(logging.Filter):

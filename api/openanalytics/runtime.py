@@ -13,6 +13,9 @@ from openanalytics.stores.redis import make_redis
 from openanalytics.stores.sql import Database
 
 
+REDIS_ANSWER_SECONDS = 10.0  # beyond the worker's blocking reads: then a command is given up
+
+
 @dataclass
 class Stores:
     settings: Settings
@@ -27,7 +30,8 @@ class Stores:
         return cls(
             settings=settings,
             db=Database(settings.effective_database_url),
-            redis=make_redis(settings.redis_url, settings.redis_max_connections),
+            redis=make_redis(settings.redis_url, settings.redis_max_connections,
+                             socket_timeout=REDIS_ANSWER_SECONDS + settings.worker_block_ms / 1000),
             events=EventStore(settings.effective_clickhouse_url),
         )
 

@@ -22,9 +22,9 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.trace import SpanProcessor
-from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from openanalytics.logs import redact_path, redact_url
+from openanalytics.logs import redact_path
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ METER.create_observable_counter(
 COLLECT_DURATION = METER.create_histogram(
     "oa.collect.duration", unit="s", description="Time to read, queue and answer a /collect request (the sampled ones).")
 SERVER_EVENTS = METER.create_counter(
-    "oa.events.server", unit="{event}", description="Server-side events by outcome (accepted, rejected, unavailable, overloaded, unconfirmed).")
+    "oa.events.server", unit="{event}", description="Server-side events by outcome (accepted, replayed, rejected, unavailable, overloaded, unconfirmed).")
 INGEST_LAG = METER.create_histogram(
     "oa.ingest.lag", unit="s", description="From an event's arrival to its insert into ClickHouse.")
 FLUSH_SIZE = METER.create_histogram("oa.flush.size", unit="{event}", description="Events per project insert.")
@@ -214,8 +214,22 @@ def collect_sampled() -> bool:
     return _tracing and _random() < _collect_ratio
 
 
+@contextmanager
+def _span(tracer, name: str, **options: Any) -> Iterator[Any]:
+    """A current span that records a failure by its type only: an exception's text can quote a statement's
+    parameters or a server's URL (a privacy request's user id, say), which no trace may carry."""
+    with tracer.start_as_current_span(name, record_exception=False, set_status_on_exception=False,
+                                      **options) as current:
+        try:
+            yield current
+        except Exception as exc:
+            current.set_attribute("error.type", type(exc).__qualname__)
+            current.set_status(Status(StatusCode.ERROR))
+            raise
+
+
 def collect_span(**attributes: Any):
-    return _kept_tracer.start_as_current_span("collect", kind=SpanKind.SERVER, attributes=attributes)
+    return _span(_kept_tracer, "collect", kind=SpanKind.SERVER, attributes=attributes)
 
 
 def linked_span(name: str, parents: list[str], **attributes: Any):
@@ -223,7 +237,7 @@ def linked_span(name: str, parents: list[str], **attributes: Any):
     traces would otherwise point nowhere), else sampled like any root span."""
     found = links(parents)
     tracer = _kept_tracer if found else TRACER
-    return tracer.start_as_current_span(name, links=found, attributes=attributes)
+    return _span(tracer, name, links=found, attributes=attributes)
 
 
 def _signal_configured(signal: str) -> bool:
@@ -286,7 +300,7 @@ def span(name: str, kind: SpanKind = SpanKind.INTERNAL, **attributes: Any) -> It
     if not _enabled:
         yield None
         return
-    with TRACER.start_as_current_span(name, kind=kind, attributes=attributes) as current:
+    with _span(TRACER, name, kind=kind, attributes=attributes) as current:
         yield current
 
 
@@ -303,10 +317,10 @@ def scrub(span, scope=None) -> None:
     for key in _PERSONAL:
         if key in attributes:
             span.set_attribute(key, "redacted")
-    for key in _PATHS:
+    for key in _PATHS:  # decoded paths (the ASGI instrumentation builds even URLs from them): all of the rest
         value = attributes.get(key)
         if isinstance(value, str) and "/privacy/user/" in value:
-            span.set_attribute(key, redact_path(value) if key == "url.path" else redact_url(value))
+            span.set_attribute(key, redact_path(value))
     if "/privacy/user/" in span.name:
         span.update_name(redact_path(span.name))
 

@@ -6,25 +6,33 @@ rather than by FastAPI, so errors name the failing event (`events[3].event_name:
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request, Response
 from pydantic import ValidationError
 
 from openanalytics import telemetry
 from openanalytics.auth.dependencies import EventsWrite, stores_of
-from openanalytics.errors import ApiError, BadRequest, Unavailable
+from openanalytics.errors import ApiError, BadRequest, Conflict, Unavailable
 from openanalytics.ingest import buffer
-from openanalytics.ingest.rows import event_row
+from openanalytics.ingest.rows import derived_event_id, event_row
 from openanalytics.ingest.schemas import EventIn, EventsQueued, read_json
 from openanalytics.ingest.visitor import user_visitor_hash
 from openanalytics.openapi import error_responses
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["Events"])
+
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
+    description="Any 1 to 255 printable ASCII characters, new for each new request (a UUID, say). The same "
+                "key sent again within a day, with the same events, is answered as the first time and queues "
+                "nothing twice.", examples=["5f0c7a52-8b1e-4c39-9d2f-0a6e3b1c4d5e"])]
 
 FUTURE_TOLERANCE_MS = 24 * 3600 * 1000
 
@@ -130,12 +138,16 @@ def request_body_spec(max_batch: int) -> dict[str, Any]:
         "of any process and of Redis (README: Durability and failures). 503 `queue_full` (with "
         "`Retry-After`): the queue is at its bound and nothing was queued; 503 `unavailable`: Redis is "
         "unreachable and nothing was queued; 503 `not_confirmed` (only with OA_EVENTS_WAIT_*): queued, "
-        "but not confirmed on disk or replicas in time."
+        "but not confirmed on disk or replicas in time. With an `Idempotency-Key` header (1 to 255 "
+        "printable ASCII characters, kept a day per project) a request sent again is answered as the "
+        "first (`Idempotent-Replayed: true`, the same event ids) and queues nothing twice; the same key "
+        "with other events is a 409 `idempotency_key_reused`."
     ),
     response_model=EventsQueued,
-    responses=error_responses(400, 401, 403, 404, 413, 429, 503),
+    responses=error_responses(400, 401, 403, 404, 409, 413, 429, 503),
 )
-async def send_events(request: Request, access: EventsWrite) -> EventsQueued:
+async def send_events(request: Request, response: Response, access: EventsWrite,
+                      sent_key: IdempotencyKey = None) -> EventsQueued:
     stores = stores_of(request)
     settings = stores.settings
     body = await read_limited(request, settings.events_max_body_bytes)
@@ -147,9 +159,12 @@ async def send_events(request: Request, access: EventsWrite) -> EventsQueued:
         if telemetry.enabled():
             telemetry.SERVER_EVENTS.add(_count(body), {"outcome": "rejected"})
         raise
+    key, key_ms = idempotency_key(sent_key, access.project.id)
     rows = [event_row(access.project.id, event, now_ms, "server") for event in events]
     parent = telemetry.traceparent() if telemetry.enabled() else None
-    for row in rows:
+    for index, row in enumerate(rows):
+        if key_ms == buffer.CLIENT_KEY_MS:  # the same ids whenever the request is sent again
+            row["event_id"] = derived_event_id(f"{key}\x1f{index}")
         if row["user_id"]:
             row["visitor_id"] = user_visitor_hash(access.project.id, row["user_id"])
         if parent:  # the flush span links back to this request
@@ -159,21 +174,51 @@ async def send_events(request: Request, access: EventsWrite) -> EventsQueued:
         if watch.memory_full:
             raise buffer.QueueFull("Redis is too full")
         if queue.confirmation.wanted and watch.facts is None:  # before the watch's first reading
-            await watch.refresh()
-        await queue.append(rows, watch.facts)
+            await watch.refresh_quietly()
+        queued = await queue.append(rows, key, fingerprint(events), key_ms, watch.facts)
     except buffer.QueueFull:
         telemetry.SERVER_EVENTS.add(len(rows), {"outcome": "overloaded"})
         raise Unavailable("The ingest queue is full (events are arriving faster than they are stored); nothing "
                           "was queued. Retry with backoff.", "queue_full", headers={"Retry-After": "30"}) from None
+    except buffer.KeyReused:
+        telemetry.SERVER_EVENTS.add(len(rows), {"outcome": "rejected"})
+        raise Conflict("This Idempotency-Key was sent before with other events; nothing was queued. Use a new key "
+                       "for new events.", "idempotency_key_reused") from None
+    except buffer.CannotConfirm as exc:
+        telemetry.SERVER_EVENTS.add(len(rows), {"outcome": "unavailable"})
+        log.error("server-side events refused: OA_EVENTS_WAIT_* cannot be confirmed: %s", exc)
+        raise Unavailable(f"Nothing was queued: this server is set to confirm events on disk or on replicas, "
+                          f"which Redis cannot do now ({exc}).", headers={"Retry-After": "5"}) from None
     except buffer.BufferUnavailable:
         telemetry.SERVER_EVENTS.add(len(rows), {"outcome": "unavailable"})
-        raise Unavailable("The ingest buffer is unreachable; nothing was queued. Retry with backoff.",
-                          headers={"Retry-After": "5"}) from None
+        raise Unavailable("The ingest queue is unreachable; nothing was queued, unless Redis went away while taking "
+                          "the events. Send them again with the same Idempotency-Key header to have them stored "
+                          "once whatever happened.", headers={"Retry-After": "5"}) from None
     except buffer.NotConfirmed as exc:
         telemetry.SERVER_EVENTS.add(len(rows), {"outcome": "unconfirmed"})
         log.warning("server-side events queued but not confirmed: %s", exc)
         raise Unavailable("The events were queued, but Redis did not confirm them on disk or on its replicas in "
-                          "time (OA_EVENTS_WAIT_*); they will most likely be stored, and sending them again may "
-                          "store them twice.", "not_confirmed", headers={"Retry-After": "5"}) from None
-    telemetry.SERVER_EVENTS.add(len(rows), {"outcome": "accepted"})
+                          "time (OA_EVENTS_WAIT_*); they will most likely be stored. Send them again with the same "
+                          "Idempotency-Key header to wait for the confirmation again (they are not queued twice); "
+                          "without one, sending them again may store them twice.", "not_confirmed",
+                          headers={"Retry-After": "5"}) from None
+    telemetry.SERVER_EVENTS.add(len(rows), {"outcome": "accepted" if queued else "replayed"})
+    response.headers["Idempotent-Replayed"] = "false" if queued else "true"
     return EventsQueued(count=len(rows), event_ids=[row["event_id"] for row in rows])
+
+
+def idempotency_key(sent: str | None, project_id: str) -> tuple[str, int]:
+    """The Redis key that makes this request's append happen once, and how long it is kept: the client's
+    Idempotency-Key (hashed: it may be anything), or a key of the request's own."""
+    if sent is None:
+        return f"oa:append:{secrets.token_hex(16)}", buffer.OWN_KEY_MS
+    digest = hashlib.blake2b(sent.encode(), digest_size=16).hexdigest()
+    return f"oa:idem:{project_id}:{digest}", buffer.CLIENT_KEY_MS
+
+
+def fingerprint(events: list[EventIn]) -> str:
+    """What a request asked for, whatever its JSON's spacing or key order: a key sent again must come
+    with the same events."""
+    canonical = orjson.dumps([event.model_dump(mode="json", exclude_none=True) for event in events],
+                             option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from functools import lru_cache
 from typing import Any
@@ -42,6 +43,12 @@ def new_event_id() -> str:
         pool = os.urandom(16 * _ID_BATCH)
         _ready_ids.extend(_uuid4_text(bytearray(pool[n:n + 16])) for n in range(0, len(pool), 16))
         return _ready_ids.pop()
+
+
+def derived_event_id(seed: str) -> str:
+    """A version 4 UUID as text made from `seed`, the same every time (a request sent again with its
+    Idempotency-Key gets the ids it got the first time)."""
+    return _uuid4_text(bytearray(hashlib.blake2b(seed.encode(), digest_size=16, person=b"oa-event-id").digest()))
 
 
 os.register_at_fork(after_in_child=_ready_ids.clear)  # a forked child must not hand out its parent's ids

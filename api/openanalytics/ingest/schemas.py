@@ -37,7 +37,8 @@ def _big_float_property(data: Any) -> bool:
     for item in data if isinstance(data, list) else (data,):
         properties = item.get("properties") if isinstance(item, dict) else None
         if isinstance(properties, dict) and any(
-                type(value) is float and value.is_integer() and not INT64_MIN <= value <= INT64_MAX
+                # INT64_MIN itself too: integers just below it read as that float
+                type(value) is float and value.is_integer() and not INT64_MIN < value <= INT64_MAX
                 for value in properties.values()):
             return True
     return False

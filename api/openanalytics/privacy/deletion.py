@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -110,16 +111,21 @@ class Deleter:
                 (PrivacyRequest.status == "running") & (PrivacyRequest.lease_until < now),
             )).order_by(PrivacyRequest.created_at).limit(10)).all()
             for row in due:
-                if row.status == "running":  # its worker died: that attempt failed
-                    row.error = "interrupted"
-                    if self._given_up(row, now):
-                        continue
-                # Optimistic: whoever bumps `attempts` from the value it read owns the request.
+                # Optimistic: whoever changes the row from the attempt it read owns it (so nothing here
+                # overwrites another worker's claim made meanwhile).
+                read = (PrivacyRequest.id == row.id) & (PrivacyRequest.attempts == row.attempts) \
+                    & (PrivacyRequest.status == row.status)
+                interrupted = row.status == "running"  # its worker died: that attempt failed
+                if interrupted and now >= (row.started_at or row.created_at) + self.retry_for:
+                    session.execute(update(PrivacyRequest).where(read).values(
+                        status="failed", error="interrupted", completed_at=now, lease_until=None,
+                        next_attempt_at=None, user_id=None))
+                    continue
                 attempt = row.attempts + 1
-                taken = session.execute(update(PrivacyRequest).where(
-                    PrivacyRequest.id == row.id, PrivacyRequest.attempts == row.attempts,
-                ).values(status="running", lease_until=now + self.lease, attempts=attempt, next_attempt_at=None,
-                         started_at=func.coalesce(PrivacyRequest.started_at, now)))
+                taken = session.execute(update(PrivacyRequest).where(read).values(
+                    status="running", lease_until=now + self.lease, attempts=attempt, next_attempt_at=None,
+                    started_at=func.coalesce(PrivacyRequest.started_at, now),
+                    **({"error": "interrupted"} if interrupted else {})))
                 if taken.rowcount == 1:
                     return Claimed(row.id, row.project_id, row.user_id or "", int(row.created_at.timestamp() * 1000),
                                    attempt)
@@ -181,8 +187,10 @@ class Deleter:
             except Exception as exc:  # its text may hold the user id or a store's URL: only its code goes on
                 code = code_of(exc)
                 status, delay = await asyncio.to_thread(self._failed, claimed, code)
+                where = "".join(traceback.format_tb(exc.__traceback__)) if code == "internal_error" else None
                 log.warning("privacy request %s: attempt %d failed (%s, %s); %s", claimed.id, claimed.attempt, code,
-                            type(exc).__name__, f"retrying in {delay:.0f} s" if status == "requeued" else status)
+                            type(exc).__name__, f"retrying in {delay:.0f} s" if status == "requeued" else status,
+                            extra={"stack": where} if where else None)
             else:
                 await asyncio.to_thread(self._finish, claimed, stored, queued)
                 status = "completed"

@@ -19,6 +19,7 @@ from openanalytics.ids import id_pattern, new_id
 from openanalytics.openapi import error_responses
 from openanalytics.privacy import failures
 from openanalytics.privacy.models import PrivacyRequest, user_hash
+from openanalytics.privacy.tombstones import tombstone_key
 from openanalytics.text import StoredText
 from openanalytics.provisioning.events_schema import database_name
 from openanalytics.stores.clickhouse import as_utc, money
@@ -119,8 +120,8 @@ class RequestStatus(BaseModel):
             poll_url=f"/v1/projects/{row.project_id}/privacy/requests/{row.id}", created_at=row.created_at,
             started_at=row.started_at, completed_at=row.completed_at, events_deleted=row.events_deleted,
             queued_events_deleted=row.queued_events_deleted, attempts=row.attempts,
-            next_attempt_at=row.next_attempt_at, error=row.error,
-            error_message=failures.sentence(row.error, final=row.status == "failed"),
+            next_attempt_at=row.next_attempt_at, error=failures.known(row.error),
+            error_message=failures.sentence(failures.known(row.error), final=row.status == "failed"),
         )
 
 
@@ -174,7 +175,8 @@ async def export_user(request: Request, access: PrivacyExport, user_id: UserId) 
     responses=error_responses(400, 401, 403, 404, 409, 429),
 )
 async def request_deletion(request: Request, access: PrivacyDelete, user_id: StoredUserId) -> JSONResponse:
-    project_id, hashed = access.project.id, user_hash(access.project.id, user_id)
+    project_id = access.project.id
+    hashed = user_hash(await tombstone_key(stores_of(request).db), project_id, user_id)
 
     def open_request(session) -> PrivacyRequest | None:
         return session.scalar(select(PrivacyRequest).where(

@@ -7,8 +7,6 @@ its parameters (the user id) and the server's URL.
 
 from __future__ import annotations
 
-import asyncio
-
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
@@ -39,15 +37,21 @@ class DeletionFailed(Exception):
 def code_of(exc: BaseException) -> str:
     if isinstance(exc, DeletionFailed):
         return exc.code
+    if isinstance(exc, RedisError):  # before OSError: redis-py's timeouts are both
+        return "hot_state_unreachable"
+    if isinstance(exc, SQLAlchemyError):
+        return "control_plane_unreachable"
     if isinstance(exc, OperationalError) or _is_connection_error(exc):
         return "events_store_unreachable"
     if isinstance(exc, DatabaseError):
         return "events_store_error"
-    if isinstance(exc, (RedisError, asyncio.TimeoutError)):
-        return "hot_state_unreachable"
-    if isinstance(exc, SQLAlchemyError):
-        return "control_plane_unreachable"
     return "internal_error"
+
+
+def known(code: str | None) -> str | None:
+    """A stored error as the API shows it: a code of SENTENCES (anything else, as older rows held, is
+    internal_error: its text may hold what must not be shown)."""
+    return code if code is None or code in SENTENCES else "internal_error"
 
 
 def _is_connection_error(exc: BaseException) -> bool:

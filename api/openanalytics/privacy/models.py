@@ -47,5 +47,7 @@ class Secret(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-def user_hash(project_id: str, user_id: str) -> str:
-    return hashlib.sha256(f"{project_id}\x1f{user_id}".encode()).hexdigest()
+def user_hash(key: bytes, project_id: str, user_id: str) -> str:
+    """What the audit trail keeps of a user: a hash keyed with this installation's secret (see
+    tombstones.py), so a guessable id (an email's hash, say) cannot be found by trying candidates."""
+    return hashlib.blake2b(f"{project_id}\x1f{user_id}".encode(), key=key, digest_size=32, person=b"oa-audit").hexdigest()

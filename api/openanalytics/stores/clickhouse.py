@@ -42,8 +42,10 @@ class EventStore:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
         else:
             # No server sessions: concurrent queries on one client must not share one.
+            # Parameters in the body, not the URL: a failed request's error quotes its URL.
             self.client = clickhouse_connect.get_client(
-                dsn=url, autogenerate_session_id=False, connect_timeout=5, send_receive_timeout=60
+                dsn=url, autogenerate_session_id=False, connect_timeout=5, send_receive_timeout=60,
+                form_encode_query_params=True,
             )
             self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="clickhouse")
 

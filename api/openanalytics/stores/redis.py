@@ -36,12 +36,16 @@ def is_embedded(client: aioredis.Redis) -> bool:
     return type(client).__module__.startswith("fakeredis")
 
 
-def make_redis(url: str | None, max_connections: int = 50) -> aioredis.Redis:
-    """A client whose pool waits for a free connection (up to 5 s) instead of failing at once."""
+def make_redis(url: str | None, max_connections: int = 50, socket_timeout: float | None = None) -> aioredis.Redis:
+    """A client whose pool waits for a free connection (up to 5 s) instead of failing at once.
+
+    `socket_timeout`: how long a command may wait for its answer (longer than any blocking read the
+    process makes), so a Redis that vanished without closing its connections cannot hang a request."""
     if url:
+        tcp = {} if url.startswith("unix:") else {"socket_keepalive": True}
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=5, socket_connect_timeout=5,
-            health_check_interval=HEALTH_CHECK_SECONDS, socket_keepalive=True,
+            url, max_connections=max_connections, timeout=5, socket_connect_timeout=5, socket_timeout=socket_timeout,
+            health_check_interval=HEALTH_CHECK_SECONDS, **tcp,
             maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
         base = pool.connection_class  # plain, TLS or unix socket, as the URL says

@@ -27,6 +27,9 @@ def upgrade() -> None:
         sa.Column("value", sa.String(128), nullable=False),
         sa.Column("created_at", UTCDateTime, nullable=False),
     )
+    # Errors were exception texts, which could quote a statement with the user id: now codes only.
+    requests = sa.table("privacy_requests", sa.column("error", sa.Text))
+    op.execute(requests.update().where(requests.c.error.isnot(None)).values(error="internal_error"))
     # The key of the hashes that name deleted users in Redis's tombstones (privacy/tombstones.py).
     op.bulk_insert(table, [{"name": "privacy_tombstones", "value": secrets.token_hex(32), "created_at": datetime.now(UTC)}])
 
