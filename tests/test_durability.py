@@ -209,6 +209,13 @@ async def test_waiting_for_the_disk_needs_appendfsync_always_before_redis_7_2(
                                                headers=tenant.headers), 503, "unavailable")
         assert refused["message"].startswith("Nothing was queued") and "appendfsync always" in refused["message"]
         assert await stores.redis.xlen(stores.settings.stream_key) == 0
+    with start_redis(tmp_path / "no-aof", aof=False) as no_aof:
+        stores = stores_on(tmp_path, postgres_url, no_aof.url(), clickhouse_url, events_wait_fsync=True)
+        http = await client_of(stores)
+        tenant = Tenant(stores)
+        refused = assert_error(await http.post(f"/v1/projects/{tenant.id}/events", json=events,
+                                               headers=tenant.headers), 503, "unavailable")
+        assert "appendonly no" in refused["message"] and await stores.redis.xlen(stores.settings.stream_key) == 0
     with start_redis(tmp_path / "always", aof=True, args=["--appendfsync", "always"]) as always:
         stores = stores_on(tmp_path, postgres_url, always.url(), clickhouse_url, events_wait_fsync=True)
         http = await client_of(stores)
@@ -216,3 +223,17 @@ async def test_waiting_for_the_disk_needs_appendfsync_always_before_redis_7_2(
         assert (await http.post(f"/v1/projects/{tenant.id}/events", json=events, headers=tenant.headers)
                 ).status_code == 202
 
+
+
+async def test_a_unix_socket_url_reaches_redis(tmp_path):
+    """unix:// URLs take no TCP options (keepalive): the pool's connection class for them must work."""
+    socket = tmp_path / "redis.sock"
+    with start_redis(tmp_path / "redis", aof=True, args=["--unixsocket", str(socket), "--unixsocketperm", "700"]):
+        client = make_redis(f"unix://{socket}?db=3", socket_timeout=5)
+        try:
+            from openanalytics.ingest.buffer import Buffer
+
+            assert await Buffer(client, "oa:events", 10).append([{"project_id": "p"}], "oa:append:k", "f")
+            assert await client.xlen("oa:events") == 1
+        finally:
+            await client.aclose()
