@@ -107,7 +107,11 @@ async def test_public_endpoints_carry_no_budget(client):
 
 
 async def test_without_redis_reads_work_writes_say_503_and_collect_stays_silent(stores, tenant, monkeypatch):
+    from openanalytics.ingest import buffer, commit
+
     outcomes = counted(monkeypatch)
+    monkeypatch.setattr(buffer, "RETRY_SECONDS", 0.2)  # both send again for a while first
+    monkeypatch.setattr(commit, "RETRY_SECONDS", 0.2)
     dead = make_redis("redis://127.0.0.1:1/0")
     broken = Stores(settings=stores.settings, db=stores.db, redis=dead, events=stores.events)
     transport = CollectTransport(app=create_app(broken))
