@@ -5,6 +5,7 @@ every store. Each test starts the servers it stops or reconfigures (tests/suppor
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -180,14 +181,14 @@ async def test_with_a_replica_to_wait_for_a_202_means_the_replica_has_the_events
             start_redis(tmp_path / "replica", aof=True, args=["--replicaof", "127.0.0.1", str(primary.port)]) as replica:
         replica_client = sync_redis.Redis.from_url(replica.url())
         stores = stores_on(tmp_path, postgres_url, primary.url(), clickhouse_url,
-                           events_wait_replicas=1, events_wait_timeout_ms=300)
+                           events_wait_replicas=1, events_wait_timeout_ms=3000)  # ample on a busy machine
         http = await client_of(stores)
         tenant = Tenant(stores)
         url, events = f"/v1/projects/{tenant.id}/events", [{"event_type": "event", "event_name": "x"}] * 3
-        for _ in range(50):  # until the replica has synced
-            if replica_client.info("replication").get("master_link_status") == "up":
-                break
-            __import__("time").sleep(0.1)
+        deadline = time.monotonic() + 20
+        while replica_client.info("replication").get("master_link_status") != "up":  # until it has synced
+            assert time.monotonic() < deadline, "the replica did not sync"
+            time.sleep(0.1)
         assert (await http.post(url, json=events, headers=tenant.headers)).status_code == 202
         assert replica_client.xlen(stores.settings.stream_key) == 3, "on the replica before the answer"
 
