@@ -163,7 +163,7 @@ async def send_events(request: Request, response: Response, access: EventsWrite,
     rows = [event_row(access.project.id, event, now_ms, "server") for event in events]
     parent = telemetry.traceparent() if telemetry.enabled() else None
     for index, row in enumerate(rows):
-        if key_ms == buffer.CLIENT_KEY_MS:  # the same ids whenever the request is sent again
+        if sent_key is not None:  # the same ids whenever the request is sent again with its key
             row["event_id"] = derived_event_id(f"{key}\x1f{index}")
         if row["user_id"]:
             row["visitor_id"] = user_visitor_hash(access.project.id, row["user_id"])
