@@ -16,7 +16,7 @@ from openanalytics import telemetry
 from openanalytics.config import Settings
 from openanalytics.provisioning import tenants
 from openanalytics.runtime import Stores
-from openanalytics_operator.kube import Kube, SecretConflict, encoded, secret_value
+from openanalytics_operator.kube import SecretConflict, Secrets, encoded, secret_value, served
 
 GROUP, VERSION, PLURAL = "openanalytics.io", "v1alpha1", "analyticsprojects"
 FINALIZER = "openanalytics.io/finalizer"
@@ -26,7 +26,7 @@ DEFAULT_GRACE = 3600
 DRIFT_SECONDS = float(os.environ.get("OA_OPERATOR_DRIFT_SECONDS", "60"))
 MANAGED_BY = {"app.kubernetes.io/managed-by": "openanalytics-operator"}
 OWNER = "openanalytics.io/owner-uid"  # on our Secrets: only those are ever changed or deleted
-KUBE = Kube()  # one client for every handler, its credentials renewed in place by each login
+SECRETS = Secrets()  # one client for every handler
 
 
 @kopf.on.startup()
@@ -35,6 +35,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.WARNING  # no Event per timer run; our reasons go out via kopf.event
     settings.watching.server_timeout = 60
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+    # No watching of namespaces or CRDs: the namespaces are the ones named (or all), and the CRD
+    # must be there at start. Watching them would need cluster-wide permissions a namespaced
+    # install does not have, and kopf retries a 403 for about a minute before falling back.
+    settings.scanning.disabled = True
+    if not await served(GROUP, VERSION, PLURAL):
+        raise kopf.PermanentError(f"the API server does not serve {PLURAL}.{GROUP}/{VERSION}: apply the CRD "
+                                  "(crds/analyticsproject.yaml) first")
     memo.stores = Stores.open(Settings())
 
 
@@ -43,15 +50,13 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     stores = getattr(memo, "stores", None)
     if stores is not None:
         await stores.close()
+    await SECRETS.close()
 
 
 @kopf.on.login(retries=3)
-def login(memo: kopf.Memo, logger: logging.Logger, **kwargs: Any) -> kopf.ConnectionInfo | None:
-    """kopf's own ways in (service account in a pod, else kubeconfig); the Secret client shares them."""
-    info = kopf.login_with_service_account(logger=logger, **kwargs) or kopf.login_with_kubeconfig(logger=logger, **kwargs)
-    if info is not None:
-        KUBE.use(info)
-    return info
+def login(logger: logging.Logger, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own ways in (service account in a pod, else kubeconfig), the same as the Secret client's."""
+    return kopf.login_with_service_account(logger=logger, **kwargs) or kopf.login_with_kubeconfig(logger=logger, **kwargs)
 
 
 def _conditions(status: kopf.Status, *wanted: tuple[str, bool, str, str]) -> list[dict[str, str]]:
@@ -167,14 +172,13 @@ def _grace(meta: kopf.Meta) -> timedelta:
 
 
 async def _keys(memo, body, meta, name, namespace, uid, project_id, done, wanted, status, grace) -> list[str]:
-    kube = KUBE
     rotation = meta.get("annotations", {}).get(ROTATE)
     rotate = bool(rotation) and rotation != status.get("rotatedFor")
     names = []
     for key in wanted.keys:
         secret_name = _secret_name(name, key.name)
         names.append(secret_name)
-        current = secret_value(await kube.get_secret(namespace, secret_name), "apiKey")
+        current = secret_value(await SECRETS.get(namespace, secret_name), "apiKey")
         valid = await _store(tenants.key_valid, memo.stores.db, project_id, key, current)
         if valid and not rotate:
             continue
@@ -186,15 +190,15 @@ async def _keys(memo, body, meta, name, namespace, uid, project_id, done, wanted
             "data": encoded({"apiKey": secret, "projectId": done.project_id, "siteId": done.site_id}),
         }
         kopf.adopt(manifest, owner=body)  # garbage-collected with the AnalyticsProject
-        await kube.put_secret(namespace, manifest, (OWNER, uid))
+        await SECRETS.put(manifest, (OWNER, uid))
         _note(body, "KeyRotated" if rotate else "KeyIssued",
               f"Secret {secret_name}" + (f"; the old secret works for {grace}" if rotate and valid else ""))
     listed = {k.name for k in wanted.keys}
     await _store(tenants.retire_unlisted, memo.stores.db, project_id, listed)
-    for secret in await kube.list_secrets(namespace, _owned(uid)):
-        key_name = secret["metadata"].get("labels", {}).get("openanalytics.io/key")
+    for secret_name, labels in (await SECRETS.names(namespace, _owned(uid))).items():
+        key_name = labels.get("openanalytics.io/key")
         if key_name and key_name not in listed:
-            await kube.delete_secret(namespace, secret["metadata"]["name"])
+            await SECRETS.delete(namespace, secret_name)
     return names
 
 
@@ -205,6 +209,6 @@ async def delete(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, ui
     policy = spec.get("deletionPolicy", "Keep")
     project_id = tenants.project_id_for(uid)
     await _store(tenants.retire, memo.stores.db, memo.stores.events, project_id, policy)
-    for secret in await KUBE.list_secrets(namespace, _owned(uid)):
-        await KUBE.delete_secret(namespace, secret["metadata"]["name"])
+    for secret_name in await SECRETS.names(namespace, _owned(uid)):
+        await SECRETS.delete(namespace, secret_name)
     _note(body, "Retired", f"keys revoked; data {'dropped' if policy == 'Delete' else 'kept'}")

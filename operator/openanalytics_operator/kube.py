@@ -1,102 +1,122 @@
-"""The few Kubernetes calls the operator makes itself (Secrets), over the connection kopf uses.
+"""The Kubernetes calls the operator makes itself (the key Secrets), through kubernetes_asyncio.
 
-kopf brings aiohttp and logs in (kubeconfig, service account, or a login handler); this
-reuses the same credentials, updated in place on every login, rather than adding a second
-Kubernetes client library.
+kopf watches and patches AnalyticsProjects and posts Events with its own client; the rest goes
+through the asyncio port of the official client, so that a reconcile waiting on the API server
+does not hold one of the few threads that run the store calls. Its credentials are loaded the
+standard way: the pod's service account in a cluster, else KUBECONFIG or ~/.kube/config.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import os
-import ssl
-import tempfile
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import kopf
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+
+async def _configuration() -> client.Configuration:
+    """The pod's service account in a cluster (its token re-read as it rotates), else the kubeconfig."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        await config.load_kube_config(client_configuration=configuration)
+    return configuration
 
 
 class SecretConflict(Exception):
     """A Secret by the wanted name exists and is not this object's."""
 
 
-class Kube:
+class Secrets:
+    """Get, create or update, list and delete Secrets; any other failure is kopf's to retry."""
+
     def __init__(self) -> None:
-        self.server = ""
-        self.headers: dict[str, str] = {}
-        self.ssl: ssl.SSLContext | bool = True
+        self._api: client.CoreV1Api | None = None
+        self._lock = asyncio.Lock()
 
-    def use(self, info: kopf.ConnectionInfo) -> None:
-        """Take the credentials of kopf's latest login (token, basic auth or client certificate)."""
-        self.server = info.server.rstrip("/")
-        headers = {"Accept": "application/json"}
-        if info.token:
-            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
-        elif info.username and info.password:
-            plain = base64.b64encode(f"{info.username}:{info.password}".encode()).decode()
-            headers["Authorization"] = f"Basic {plain}"
-        if info.insecure:
-            context: ssl.SSLContext | bool = False
-        else:
-            context = ssl.create_default_context(cafile=info.ca_path) if info.ca_path else ssl.create_default_context()
-            if info.ca_data:
-                context.load_verify_locations(cadata=base64.b64decode(info.ca_data).decode())
-            cert = _file(info.certificate_path, info.certificate_data)
-            key = _file(info.private_key_path, info.private_key_data)
-            if cert:
-                context.load_cert_chain(cert, key)
-        self.headers, self.ssl = headers, context
+    async def _core(self) -> client.CoreV1Api:
+        async with self._lock:  # many reconciles start at once; credentials are loaded once
+            if self._api is None:
+                self._api = client.CoreV1Api(client.ApiClient(await _configuration()))
+            return self._api
 
-    async def _call(self, method: str, path: str, body: dict | None = None, ok=(200, 201)) -> dict | None:
-        headers = dict(self.headers)
-        if method == "PATCH":
-            headers["Content-Type"] = "application/merge-patch+json"
-        async with aiohttp.ClientSession(headers=headers) as session:
-            async with session.request(method, self.server + path, json=body, ssl=self.ssl) as response:
-                if response.status == 404:
+    async def close(self) -> None:
+        if self._api is not None:
+            await self._api.api_client.close()
+            self._api = None
+
+    async def get(self, namespace: str, name: str) -> client.V1Secret | None:
+        api = await self._core()
+        with _retryable(f"reading Secret {namespace}/{name}"):
+            try:
+                return await api.read_namespaced_secret(name, namespace)
+            except ApiException as error:
+                if error.status == 404:
                     return None
-                if response.status not in ok:
-                    raise kopf.TemporaryError(f"{method} {path}: {response.status} {await response.text()}", delay=5)
-                return await response.json()
+                raise
 
-    async def get_secret(self, namespace: str, name: str) -> dict | None:
-        return await self._call("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+    async def put(self, secret: dict[str, Any], owner_label: tuple[str, str]) -> None:
+        """Create the Secret, or replace its labels and data if it is ours (it carries `owner_label`)."""
+        meta = secret["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        existing = await self.get(namespace, name)
+        api = await self._core()
+        with _retryable(f"writing Secret {namespace}/{name}"):
+            if existing is None:
+                await api.create_namespaced_secret(namespace, secret)
+                return
+            label, value = owner_label
+            if (existing.metadata.labels or {}).get(label) != value:
+                raise SecretConflict(f"Secret {name} exists and is not managed for this object")
+            await api.patch_namespaced_secret(name, namespace, {"metadata": {"labels": meta.get("labels", {})},
+                                                                "data": secret["data"]})
 
-    async def put_secret(self, namespace: str, body: dict[str, Any], owner_label: tuple[str, str]) -> None:
-        """Create the Secret, or replace its data if it is ours (it carries `owner_label`)."""
-        name = body["metadata"]["name"]
-        existing = await self.get_secret(namespace, name)
-        if existing is None:
-            await self._call("POST", f"/api/v1/namespaces/{namespace}/secrets", body)
-            return
-        label, value = owner_label
-        if (existing.get("metadata", {}).get("labels") or {}).get(label) != value:
-            raise SecretConflict(f"Secret {name} exists and is not managed for this object")
-        patch = {"metadata": {"labels": body["metadata"].get("labels", {})}, "data": body["data"]}
-        await self._call("PATCH", f"/api/v1/namespaces/{namespace}/secrets/{name}", patch)
+    async def delete(self, namespace: str, name: str) -> None:
+        api = await self._core()
+        with _retryable(f"deleting Secret {namespace}/{name}"):
+            try:
+                await api.delete_namespaced_secret(name, namespace)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
 
-    async def delete_secret(self, namespace: str, name: str) -> None:
-        await self._call("DELETE", f"/api/v1/namespaces/{namespace}/secrets/{name}", ok=(200, 202))
-
-    async def list_secrets(self, namespace: str, selector: str) -> list[dict]:
-        found = await self._call("GET", f"/api/v1/namespaces/{namespace}/secrets?labelSelector={selector}")
-        return (found or {}).get("items", [])
-
-
-def _file(path: str | None, data: bytes | str | None) -> str | None:
-    """A path for ssl to read: the given one, or the inline (base64) data written to a private file."""
-    if path or not data:
-        return path
-    raw = base64.b64decode(data) if isinstance(data, str) else data
-    handle, name = tempfile.mkstemp(prefix="oa-kube-")
-    with os.fdopen(handle, "wb") as out:
-        out.write(raw)
-    return name
+    async def names(self, namespace: str, selector: str) -> dict[str, dict[str, str]]:
+        """The Secrets matching a label selector: name → labels."""
+        api = await self._core()
+        with _retryable(f"listing Secrets in {namespace}"):
+            found = await api.list_namespaced_secret(namespace, label_selector=selector)
+        return {item.metadata.name: item.metadata.labels or {} for item in found.items}
 
 
-def secret_value(secret: dict | None, key: str) -> str | None:
-    raw = ((secret or {}).get("data") or {}).get(key)
+@contextlib.contextmanager
+def _retryable(what: str) -> Iterator[None]:
+    """An API error becomes kopf.TemporaryError: kopf retries the handler with backoff."""
+    try:
+        yield
+    except ApiException as error:
+        raise kopf.TemporaryError(f"{what}: {error.status} {error.reason}", delay=5) from error
+
+
+async def served(group: str, version: str, plural: str) -> bool:
+    """Whether the API server serves the resource (discovery: any authenticated user may ask)."""
+    async with client.ApiClient(await _configuration()) as api:
+        try:
+            found = await client.CustomObjectsApi(api).get_api_resources(group, version)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+    return any(resource.name == plural for resource in found.resources)
+
+
+def secret_value(secret: client.V1Secret | None, key: str) -> str | None:
+    raw = ((secret.data if secret is not None else None) or {}).get(key)
     return base64.b64decode(raw).decode() if raw else None
 
 
