@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -106,6 +107,20 @@ def clickhouse_url(tmp_path_factory) -> Iterator[str]:
     url, proc = clickhouse_http.start(str(tmp_path_factory.mktemp("chhttp")))
     yield url
     clickhouse_http.stop(proc)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory):
+    """A real Kubernetes control plane (tests/support/kube.py) with the CRD applied and established."""
+    from tests.support import kube
+
+    blocker = None if kube.built() else kube.build_blocker()
+    if blocker:
+        pytest.skip(f"no kube-apiserver in {kube.CACHE} and it cannot be built here: {blocker}")
+    with kube.start_control_plane(tmp_path_factory.mktemp("kube")) as plane:
+        plane.apply(Path(__file__).resolve().parent.parent / "crds" / "analyticsproject.yaml")
+        plane.wait_established("analyticsprojects.openanalytics.io")
+        yield plane
 
 
 @pytest.fixture(scope="session")

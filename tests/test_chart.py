@@ -159,6 +159,44 @@ def test_kustomize_base_and_examples_validate(tools):
     assert {d["metadata"]["name"] for d in examples} == {"blog", "shop"}
 
 
+# What the real API server of the tests (Kubernetes 1.20) does not serve, by kind, with the reason.
+NOT_ON_1_20 = {("policy/v1", "PodDisruptionBudget"): "policy/v1 PodDisruptionBudget is served from Kubernetes 1.21",
+               ("autoscaling/v2", "HorizontalPodAutoscaler"): "autoscaling/v2 is served from Kubernetes 1.23"}
+
+
+def served_versions(plane) -> set[str]:
+    found = json.loads(plane.kubectl("api-versions", "-o", "json", check=False).stdout or "null")
+    if found is None:  # older kubectl: one per line
+        found = plane.kubectl("api-versions").stdout.split()
+    return set(found)
+
+
+@pytest.mark.kube
+@pytest.mark.parametrize("name", ["kustomize-base", *VALUE_SETS])
+def test_every_manifest_is_accepted_by_a_real_api_server(control_plane, tools, tmp_path, name):
+    """`kubectl apply --dry-run=server`: admission, defaulting and schemas of a real API server."""
+    if name == "kustomize-base":
+        docs = [d for d in yaml.safe_load_all(run(tools, "kubectl", "kustomize", str(ROOT / "manifests" / "base")).stdout)
+                if d]
+    else:
+        docs = render(tools, tmp_path, VALUE_SETS[name])
+    docs = [d for d in docs if d["kind"] != "CustomResourceDefinition"]  # applied for real by the fixture
+    served = served_versions(control_plane)
+    skipped = [d for d in docs if d["apiVersion"] not in served]
+    for doc in skipped:
+        reason = NOT_ON_1_20.get((doc["apiVersion"], doc["kind"]))
+        assert reason, f"{doc['kind']}/{doc['metadata']['name']} is {doc['apiVersion']}, which the server does not serve"
+        print(f"skipped {doc['kind']}/{doc['metadata']['name']}: {reason}")
+    for namespace in sorted({d["metadata"].get("namespace") for d in docs} - {None}):
+        if control_plane.kubectl("get", "namespace", namespace, check=False).returncode != 0:
+            control_plane.kubectl("create", "namespace", namespace)
+    checked = [d for d in docs if d not in skipped]
+    done = control_plane.kubectl("apply", "--dry-run=server", "-o", "name", "-f", "-",
+                                 stdin="\n---\n".join(yaml.safe_dump(d) for d in checked), check=False)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.split()) == len(checked), done.stdout
+
+
 def test_an_overlay_moves_the_base_to_another_namespace(tools, tmp_path):
     shutil.copytree(ROOT / "manifests" / "base", tmp_path / "base")
     (tmp_path / "prod").mkdir()
