@@ -38,6 +38,34 @@ async def test_project_database_migrations_are_idempotent(stores, tenant):
     assert events.call(ttl_days, events, tenant.id) == 90
 
 
+async def test_a_new_database_gets_at_once_what_the_migrations_make(stores, make_tenant, monkeypatch):
+    from openanalytics.provisioning import events_schema
+
+    events = stores.events
+    fresh, migrated = make_tenant(), make_tenant()  # Tenant provisions its project: start both from nothing
+    for tenant in (fresh, migrated):
+        events.call(events.command, f"DROP DATABASE IF EXISTS {database_name(tenant.id)}")
+    statements = []
+    command = events.command
+    monkeypatch.setattr(events, "command", lambda sql, *a, **k: (statements.append(sql), command(sql, *a, **k))[1])
+    assert events.call(migrate_project, events, fresh.id, 45) == CURRENT_VERSION
+    assert not [s for s in statements if s.startswith("ALTER")] and len(statements) <= 8, statements
+    monkeypatch.setattr(events_schema, "_has_events_table", lambda store, db: True)  # the long way
+    assert events.call(migrate_project, events, migrated.id, 45) == CURRENT_VERSION
+    monkeypatch.undo()
+
+    def schema(project_id: str) -> dict:
+        db = database_name(project_id)
+        tables = events.call(events.rows, "SELECT name, create_table_query FROM system.tables "
+                                          "WHERE database = {db:String} ORDER BY name", {"db": db})
+        versions = events.call(events.rows, f"SELECT version FROM {db}.schema_versions ORDER BY version")
+        return {"tables": {name: query.replace(db, "DB") for name, query in tables}, "versions": versions}
+
+    assert schema(fresh.id) == schema(migrated.id)
+    assert set(schema(fresh.id)["tables"]) == {"events", "schema_versions", "usage", "usage_counter", "usage_since"}
+    assert events.call(ttl_days, events, fresh.id) == 45
+
+
 async def test_a_version_1_database_gets_the_read_fast_codecs_and_keeps_its_rows(stores, tenant, monkeypatch):
     from openanalytics.provisioning import events_schema
 
