@@ -24,6 +24,7 @@ ROTATE = "openanalytics.io/rotate-keys"  # set to any new value: every key gets 
 GRACE = "openanalytics.io/rotation-grace-seconds"  # how long the old secrets keep working (default 3600)
 DEFAULT_GRACE = 3600
 DRIFT_SECONDS = float(os.environ.get("OA_OPERATOR_DRIFT_SECONDS", "60"))
+WORKERS = int(os.environ.get("OA_OPERATOR_WORKERS", "16"))
 MANAGED_BY = {"app.kubernetes.io/managed-by": "openanalytics-operator"}
 OWNER = "openanalytics.io/owner-uid"  # on our Secrets: only those are ever changed or deleted
 SECRETS = Secrets()  # one client for every handler
@@ -35,6 +36,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.WARNING  # no Event per timer run; our reasons go out via kopf.event
     settings.watching.server_timeout = 60
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+    # Objects reconciled at once. Each holds an API connection (kopf opens as many as asked, each
+    # with TLS buffers) and waits for the stores' few threads anyway: hundreds of projects created
+    # together are Ready no later, with a fraction of the memory.
+    settings.batching.worker_limit = WORKERS
+    settings.batching.idle_timeout = 0.5  # a slot is free again half a second after its object's last event
     # No watching of namespaces or CRDs: the namespaces are the ones named (or all), and the CRD
     # must be there at start. Watching them would need cluster-wide permissions a namespaced
     # install does not have, and kopf retries a 403 for about a minute before falling back.
