@@ -123,8 +123,9 @@ async def _measure(plane, operator, log, args, tmp: Path, clickhouse_pid: int):
         idle, _ = memory_kib(operator.pid)
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         spy = None
-        if args.profile and shutil.which("py-spy"):
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(operator.pid), "--format", "raw", "--rate", "50",
+        py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        if args.profile and py_spy:
+            spy = subprocess.Popen([py_spy, "record", "--pid", str(operator.pid), "--format", "raw", "--rate", "50",
                                     "--output", str(tmp / "profile.txt"), "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         started = time.perf_counter()
@@ -171,19 +172,29 @@ def _report(args, created, took, secrets_made, idle, now, peak, cpu, forbidden, 
         _print_profile(profile)
 
 
-def _print_profile(raw: str, top: int = 15) -> None:
-    """py-spy's raw (collapsed) stacks: the share of samples whose stack passes through each function."""
-    total, through = 0, collections.Counter()
+# What an operator thread was doing, by the first of these found in its stack (py-spy's frames
+# name the file): the store calls run on threads, kopf and the Secret client on the event loop.
+ACTIVITIES = (
+    ("ClickHouse calls (clickhouse-connect)", "clickhouse_connect"),
+    ("PostgreSQL calls (SQLAlchemy, psycopg)", "sqlalchemy"),
+    ("Secret calls (kubernetes_asyncio)", "kubernetes_asyncio"),
+    ("kopf's API calls and watch streams", "kopf/_cogs/clients"),
+    ("kopf's handling of objects", "kopf/"),
+)
+
+
+def _print_profile(raw: str) -> None:
+    """py-spy's raw (collapsed) stacks, counted by what each sampled thread was busy with."""
+    total, by = 0, collections.Counter()
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
         total += int(count)
-        for frame in set(stack.split(";")):
-            through[frame.split(" (")[0]] += int(count)
-    print(f"\n| function (py-spy, {total} samples) | share of samples |\n|---|---:|")
-    for frame, count in through.most_common(top):
-        print(f"| `{frame}` | {100 * count / total:.0f}% |")
+        by[next((name for name, mark in ACTIVITIES if mark in stack), "other (asyncio, logging, imports)")] += int(count)
+    print(f"\n| operator busy with (py-spy, {total} samples) | share |\n|---|---:|")
+    for name, count in by.most_common():
+        print(f"| {name} | {100 * count / total:.0f}% |")
 
 
 def _project(name: str) -> dict:
