@@ -35,12 +35,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.WARNING  # no Event per timer run; our reasons go out via kopf.event
     settings.watching.server_timeout = 60
-    settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+    settings.queueing.error_delays = [1, 2, 5, 10, 30, 60]
     # Objects reconciled at once. Each holds an API connection (kopf opens as many as asked, each
     # with TLS buffers) and waits for the stores' few threads anyway: hundreds of projects created
     # together are Ready no later, with a fraction of the memory.
-    settings.batching.worker_limit = WORKERS
-    settings.batching.idle_timeout = 0.5  # a slot is free again half a second after its object's last event
+    settings.queueing.worker_limit = WORKERS
+    settings.queueing.idle_timeout = 0.5  # a slot is free again half a second after its object's last event
+    # A deletion waits for a drift check under way (it cannot be interrupted in a store call):
+    # look again every second, not kopf's default minute.
+    settings.background.cancellation_polling = 1
     # No watching of namespaces or CRDs: the namespaces are the ones named (or all), and the CRD
     # must be there at start. Watching them would need cluster-wide permissions a namespaced
     # install does not have, and kopf retries a 403 for about a minute before falling back.
