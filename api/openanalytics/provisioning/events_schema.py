@@ -137,6 +137,10 @@ def _start_counting_usage(store: EventStore, db: str) -> None:
     only added, never removed, and the latest counts: two workers doing this at once agree."""
     if store.rows("SELECT 1 FROM system.tables WHERE database = {db:String} AND name = 'usage_counter'", {"db": db}):
         return
+    _count_usage_from_now(store, db)
+
+
+def _count_usage_from_now(store: EventStore, db: str) -> None:
     store.command(f"INSERT INTO {db}.usage_since SELECT now64(3) + toIntervalSecond({USAGE_MARGIN_SECONDS})")
     store.command(_USAGE_VIEW.format(db=db))
 
@@ -197,7 +201,7 @@ _CURRENT_EVENTS_TABLE = (
     "TTL toDateTime(timestamp) + INTERVAL {retention_days} DAY\n"
     "SETTINGS non_replicated_deduplication_window = 10000"
 )
-CURRENT_SCHEMA = [_CURRENT_EVENTS_TABLE, *_USAGE_TABLES, _start_counting_usage]
+CURRENT_SCHEMA = [_CURRENT_EVENTS_TABLE, *_USAGE_TABLES, _count_usage_from_now]  # into a new database
 USAGE_VERSION = 3
 PATH_SUMS_VERSION = 5  # the path columns and projections
 CURRENT_VERSION = MIGRATIONS[-1][0]
@@ -217,19 +221,20 @@ def migrate_project(store: EventStore, project_id: str, retention_days: int) -> 
     if not isinstance(retention_days, int) or retention_days <= 0:
         raise ValueError("retention_days must be a positive integer")
     db = database_name(project_id)
+    # (Tests stand in for an older release by shortening MIGRATIONS: that takes the long way.)
+    new = MIGRATIONS[-1][0] == CURRENT_VERSION and not _has_events_table(store, db)
     store.command(f"CREATE DATABASE IF NOT EXISTS {db}")
     store.command(
         f"CREATE TABLE IF NOT EXISTS {db}.schema_versions (version UInt32, applied_at DateTime DEFAULT now()) "
         "ENGINE = MergeTree ORDER BY version"
     )
-    applied = {row[0] for row in store.rows(f"SELECT version FROM {db}.schema_versions")}
-    # (Tests stand in for an older release by shortening MIGRATIONS: that takes the long way.)
-    if not applied and MIGRATIONS[-1][0] == CURRENT_VERSION and not _has_events_table(store, db):
+    if new:
         for statement in CURRENT_SCHEMA:
             _run(store, db, statement, retention_days)
         versions = ", ".join(f"({version})" for version, _ in MIGRATIONS)
         store.command(f"INSERT INTO {db}.schema_versions (version) VALUES {versions}")
         return CURRENT_VERSION
+    applied = {row[0] for row in store.rows(f"SELECT version FROM {db}.schema_versions")}
     for version, statements in MIGRATIONS:
         if version in applied:
             continue
