@@ -193,8 +193,11 @@ def _compile(tree: Path, work: Path, log) -> None:
 
 # Run ---------------------------------------------------------------------------------------
 
-def _https(port: int, path: str, token: str, ca: Path | None) -> tuple[int, bytes]:
-    context = ssl.create_default_context(cafile=str(ca)) if ca and ca.is_file() else ssl._create_unverified_context()
+def _https(port: int, path: str, token: str, ca: Path) -> tuple[int, bytes]:
+    """(status, body) of a GET as `token`; (0, b"") while the server is not up (or has no certificate yet)."""
+    if not ca.is_file():
+        return 0, b""
+    context = ssl.create_default_context(cafile=str(ca))
     request = urllib.request.Request(f"https://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(request, context=context, timeout=5) as response:
