@@ -57,6 +57,14 @@ def fails_cleanly(fn):
     return wrapper
 
 
+def _require_events_engine(settings: Settings) -> None:
+    """Fail at once, and clearly, where the embedded ClickHouse is asked for but not installed."""
+    from openanalytics.stores.clickhouse import EmbeddedEngineMissing, embedded_engine_installed
+
+    if settings.clickhouse_is_embedded and not embedded_engine_installed():
+        raise click.ClickException(str(EmbeddedEngineMissing()))
+
+
 def _logging() -> None:
     from openanalytics import logs
 
@@ -81,6 +89,7 @@ def _serve(with_worker: bool, host: str | None, port: int | None) -> None:
     from openanalytics import telemetry
 
     settings = _settings()
+    _require_events_engine(settings)
     _logging()
     telemetry.configure("openanalytics-api")
     stores = Stores.open(settings)
@@ -103,6 +112,7 @@ def _serve(with_worker: bool, host: str | None, port: int | None) -> None:
 def standalone(host: str | None, port: int | None) -> None:
     """API and worker in one process; embedded stores under OA_DATA_DIR unless URLs are set."""
     settings = _settings()
+    _require_events_engine(settings)
     if settings.clickhouse_is_embedded or settings.database_url is None:
         click.echo(f"data directory: {settings.data_dir}", err=True)
     _serve(True, host, port)
@@ -123,12 +133,13 @@ def serve(host: str | None, port: int | None) -> None:
 @click.option("--liveness", default=None, help="Serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz.")
 def operator(namespaces: tuple[str, ...], clusterwide: bool, liveness: str | None) -> None:
     """Reconcile AnalyticsProject objects (the kopf operator; the same as `kopf run -m openanalytics_operator`)."""
+    if not namespaces and not clusterwide:
+        raise click.UsageError("give --namespace NAME (repeatable) or --all-namespaces")
+    _require_events_engine(_settings())
     import kopf
 
     import openanalytics_operator.handlers  # noqa: F401  (registers the handlers)
 
-    if not namespaces and not clusterwide:
-        raise click.UsageError("give --namespace NAME (repeatable) or --all-namespaces")
     from openanalytics import telemetry
 
     kopf.configure(verbose=False)
@@ -146,6 +157,7 @@ def worker() -> None:
 
     from openanalytics import telemetry
 
+    _require_events_engine(_settings())
     _logging()
     telemetry.configure("openanalytics-worker")
     stores = Stores.open(_settings())
@@ -172,6 +184,7 @@ def migrate(as_json: bool) -> None:
     from openanalytics.runtime import Stores
 
     settings = _settings()
+    _require_events_engine(settings)
     db = _control_plane()
     db.dispose()
     try:

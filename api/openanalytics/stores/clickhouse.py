@@ -2,12 +2,14 @@
 
 clickhouse-connect's client is synchronous (and chdb has no async client), so calls run
 in a thread pool; chdb allows one engine per process, so its calls are serialised on one
-thread.
+thread. chdb is the optional extra `embedded` (server deployments go without it); it is
+imported only when a chdb:// URL is opened.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -21,6 +23,20 @@ from clickhouse_connect.driver.client import Client
 from openanalytics import telemetry
 
 T = TypeVar("T")
+
+EMBEDDED_MISSING = "the embedded engine is not installed: pip install 'openanalytics[embedded]'"
+
+
+class EmbeddedEngineMissing(RuntimeError):
+    """A chdb:// URL (the default without OA_CLICKHOUSE_URL) where chdb is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(f"{EMBEDDED_MISSING} (the container image: built with --build-arg EXTRAS=embedded), "
+                         "or set OA_CLICKHOUSE_URL to a ClickHouse server's http(s):// URL")
+
+
+def embedded_engine_installed() -> bool:
+    return importlib.util.find_spec("chdb") is not None
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -37,6 +53,8 @@ class EventStore:
     def __init__(self, url: str):
         self.url = url
         self.embedded = url.startswith("chdb:")
+        if self.embedded and not embedded_engine_installed():
+            raise EmbeddedEngineMissing()
         if self.embedded:
             self.client: Client = clickhouse_connect.get_client(dsn=url)
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
