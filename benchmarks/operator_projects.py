@@ -54,7 +54,7 @@ async def main() -> None:
     from openanalytics import migrations
     from openanalytics.stores.sql import Database
     from tests.support import clickhouse_http
-    from tests.support.kube import start_control_plane, tools
+    from tests.support.kube import start_control_plane
     from tests.support.servers import start_postgres, start_redis
 
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -73,14 +73,7 @@ async def main() -> None:
             try:
                 plane.apply(ROOT / "crds" / "analyticsproject.yaml")
                 plane.wait_established("analyticsprojects.openanalytics.io")
-                rbac = subprocess.run(
-                    [str(tools() / "helm"), "template", "oa", str(ROOT / "charts" / "openanalytics"), "-n", NAMESPACE,
-                     "--show-only", "templates/serviceaccounts.yaml", "--show-only", "templates/operator-rbac.yaml"],
-                    capture_output=True, text=True, check=True).stdout
-                plane.kubectl("create", "namespace", NAMESPACE)
-                plane.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=rbac)
-                kubeconfig = plane.service_account_kubeconfig(NAMESPACE, "oa-openanalytics-operator",
-                                                              tmp / "operator.kubeconfig")
+                kubeconfig = plane.install_operator_account(NAMESPACE, tmp / "operator.kubeconfig")
                 env = {k: v for k, v in os.environ.items() if not k.startswith(("OA_", "KUBERNETES_"))}
                 env.update(OA_DATABASE_URL=postgres_url, OA_REDIS_URL=redis_server.url(0),
                            OA_CLICKHOUSE_URL=clickhouse_url, KUBECONFIG=str(kubeconfig),

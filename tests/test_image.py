@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from openanalytics.config import get_settings
 from openanalytics.stores import clickhouse
+from tests.helpers import server_store_urls
 from tests.support import docker_engine
 from tests.support.servers import free_port
 
@@ -186,6 +187,38 @@ def test_slim_image_migrates_and_serves_on_server_stores(docker, slim_image, pg_
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.mark.image
+@pytest.mark.kube
+@pytest.mark.server_stores
+@pytest.mark.timeout(COLD_BUILD_TIMEOUT)
+def test_slim_images_operator_reconciles_a_project_on_a_real_api_server(docker, slim_image, control_plane,
+                                                                        server_backends, request, tmp_path):
+    """`operator` from the image, as the chart's ServiceAccount (tests/support/kube.py), with the stores."""
+    namespace = f"image-{free_port()}"
+    kubeconfig = control_plane.install_operator_account(namespace, tmp_path / "operator.kubeconfig")
+    kubeconfig.chmod(0o644)  # for uid 10001, through a read-only bind mount
+    env = {**server_store_urls(request), "KUBECONFIG": "/etc/openanalytics/kubeconfig",
+           "OA_OPERATOR_NAMESPACES": namespace}
+    container = docker.start_container(slim_image, "operator", env=env,
+                                       options=("-v", f"{kubeconfig}:/etc/openanalytics/kubeconfig:ro"))
+    try:
+        control_plane.kubectl("apply", "-n", namespace, "-f", "-", stdin=(
+            "apiVersion: openanalytics.io/v1alpha1\nkind: AnalyticsProject\nmetadata: {name: shop}\n"
+            "spec: {plan: free, apiKeys: [{name: backend}]}\n"))
+        deadline = time.monotonic() + 60
+        while control_plane.kubectl("get", "analyticsproject", "shop", "-n", namespace, "-o",
+                                    "jsonpath={.status.phase}").stdout != "Ready":
+            assert container.running and time.monotonic() < deadline, container.logs()[-3000:]
+            time.sleep(0.5)
+        secret = control_plane.kubectl("get", "secret", "shop-backend", "-n", namespace, "-o",
+                                       "jsonpath={.data.apiKey}").stdout
+        assert secret, "the key's Secret"
+        assert docker.docker("exec", container.id, "id", "-u").stdout.strip() == "10001"
+        assert "Forbidden" not in container.logs()
+    finally:
+        container.remove()
 
 
 def test_every_base_image_of_the_dockerfile_has_a_stand_in():

@@ -190,7 +190,7 @@ async def cluster(request, stores, tmp_path):
     plane = request.getfixturevalue("control_plane")
     namespace = f"t-{secrets.token_hex(4)}"
     everywhere = request.param.endswith("all-namespaces")
-    kubeconfig = install_operator_rbac(plane, namespace, tmp_path, everywhere)
+    kubeconfig = plane.install_operator_account(namespace, tmp_path / "operator.kubeconfig", all_namespaces=everywhere)
     log = tmp_path / "operator.log"
     proc = start_operator(kubeconfig, None if everywhere else namespace, log, request)
     started = time.monotonic()
@@ -203,22 +203,6 @@ async def cluster(request, stores, tmp_path):
     finally:
         text = await stop_operator(proc, log)
     assert "Forbidden" not in text and " 403" not in text, "the chart's RBAC is short of what the operator does"
-
-
-def install_operator_rbac(plane, namespace: str, tmp_path: Path, everywhere: bool) -> Path:
-    """The chart's operator ServiceAccount, Role and RoleBinding (ClusterRole and binding with
-    operator.allNamespaces) applied in `namespace`; a kubeconfig with that ServiceAccount's token
-    (made by the controller-manager) and nothing else."""
-    from tests.support import kube
-
-    rendered = subprocess.run(
-        [str(kube.tools() / "helm"), "template", "oa", str(ROOT / "charts" / "openanalytics"), "--namespace",
-         namespace, "--set", f"operator.allNamespaces={str(everywhere).lower()}",
-         "--show-only", "templates/serviceaccounts.yaml", "--show-only", "templates/operator-rbac.yaml"],
-        capture_output=True, text=True, check=True).stdout
-    plane.kubectl("create", "namespace", namespace)
-    plane.kubectl("apply", "--namespace", namespace, "-f", "-", stdin=rendered)
-    return plane.service_account_kubeconfig(namespace, "oa-openanalytics-operator", tmp_path / "operator.kubeconfig")
 
 
 async def get(k8s: httpx.AsyncClient, path: str) -> dict | None:

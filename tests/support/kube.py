@@ -379,6 +379,19 @@ class ControlPlane:
     def wait_established(self, crd: str) -> None:
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
 
+    def install_operator_account(self, namespace: str, kubeconfig: Path, *, all_namespaces: bool = False) -> Path:
+        """The chart's operator ServiceAccount, Role and RoleBinding (ClusterRole and binding with
+        operator.allNamespaces) applied in a new `namespace`; `kubeconfig` written with that
+        ServiceAccount's token (made by the controller-manager) and nothing else."""
+        rendered = subprocess.run(
+            [str(tools() / "helm"), "template", "oa", str(ROOT / "charts" / "openanalytics"), "--namespace",
+             namespace, "--set", f"operator.allNamespaces={str(all_namespaces).lower()}",
+             "--show-only", "templates/serviceaccounts.yaml", "--show-only", "templates/operator-rbac.yaml"],
+            capture_output=True, text=True, check=True).stdout
+        self.kubectl("create", "namespace", namespace)
+        self.kubectl("apply", "--namespace", namespace, "-f", "-", stdin=rendered)
+        return self.service_account_kubeconfig(namespace, "oa-openanalytics-operator", kubeconfig)
+
     def close(self) -> None:
         for server in reversed(self.parts):
             server.close()
