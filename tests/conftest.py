@@ -39,8 +39,44 @@ from openanalytics.worker.runner import Worker
 from tests.helpers import CollectTransport
 from tests.support import clickhouse_http
 from tests.support.servers import RedisServer, start_postgres, start_redis
+from tests.support.parallel import (  # noqa: F401  the groups' hooks (pytest-xdist)
+    pytest_collection_finish, pytest_configure_node, pytest_unconfigure, pytest_xdist_make_scheduler)
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 Safari/537.36"
+# The run is split over processes (pytest-xdist; tests/support/parallel.py): one more than the cores,
+# as many tests wait on servers and subprocesses more than they compute (on 2 cores the suite took
+# 5.8 minutes in 2 processes, 4.8 in 3), at most MAX_XDIST_WORKERS.
+MAX_XDIST_WORKERS = 8
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config) -> int | None:
+    """How many processes `-n auto` (pyproject's addopts) means. None (the run stays in this process)
+    with OA_TEST_REDIS_URL, as every process would flush the same databases 9-12 of that Redis.
+    PYTEST_XDIST_AUTO_NUM_WORKERS, -n N and -n 0 say otherwise."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # pytest-xdist reads it
+    if os.environ.get("OA_TEST_REDIS_URL"):
+        return 0
+    return min(len(os.sched_getaffinity(0)) + 1, MAX_XDIST_WORKERS)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist looks for them
+def pytest_collection_modifyitems(items) -> None:
+    """The tests that must run in one process, in order (xdist groups):
+    - image: the Docker engine is one per process, and only one at a time has the cached data root
+      (a second would build the images again, minutes);
+    - kube: the real control plane is one per process (three processes, three control planes), and
+      what a test leaves there (a namespace) the next one sees;
+    - faults: the fault suite's two tests, which each start a whole stack and put it under load,
+      one at a time."""
+    for item in items:
+        if item.get_closest_marker("image"):
+            item.add_marker(pytest.mark.xdist_group("image"))
+        elif item.get_closest_marker("kube") or "control_plane" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("kube"))
+        elif item.path.name == "test_faults.py":
+            item.add_marker(pytest.mark.xdist_group("faults"))
 
 
 @pytest.fixture(scope="session")

@@ -171,9 +171,19 @@ def served_versions(plane) -> set[str]:
     return set(found)
 
 
+@pytest.fixture(scope="module")
+def made_namespaces():
+    """The namespaces the dry runs below created, deleted when this file is done: the control plane is the
+    session's, and tests/test_install.py then creates the README's namespaces on it as a user would."""
+    made: dict[str, object] = {}  # namespace: its control plane (the session's one)
+    yield made
+    if made:  # at once: the namespace controller finalizes them side by side
+        next(iter(made.values())).kubectl("delete", "namespace", *made, "--wait", "--timeout=120s")
+
+
 @pytest.mark.kube
 @pytest.mark.parametrize("name", ["kustomize-base", *VALUE_SETS])
-def test_every_manifest_is_accepted_by_a_real_api_server(control_plane, tools, tmp_path, name):
+def test_every_manifest_is_accepted_by_a_real_api_server(control_plane, tools, tmp_path, name, made_namespaces):
     """`kubectl apply --dry-run=server`: admission, defaulting and schemas of a real API server."""
     if name == "kustomize-base":
         docs = [d for d in yaml.safe_load_all(run(tools, "kubectl", "kustomize", str(ROOT / "manifests" / "base")).stdout)
@@ -190,6 +200,7 @@ def test_every_manifest_is_accepted_by_a_real_api_server(control_plane, tools, t
     for namespace in sorted({d["metadata"].get("namespace") for d in docs} - {None}):
         if control_plane.kubectl("get", "namespace", namespace, check=False).returncode != 0:
             control_plane.kubectl("create", "namespace", namespace)
+            made_namespaces[namespace] = control_plane
     checked = [d for d in docs if d not in skipped]
     done = control_plane.kubectl("apply", "--dry-run=server", "-o", "name", "-f", "-",
                                  stdin="\n---\n".join(yaml.safe_dump(d) for d in checked), check=False)
