@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -64,8 +65,9 @@ def build_blocker() -> str | None:
     return None
 
 
+@functools.cache
 def tools() -> Path:
-    """The folder with helm and kubectl (scripts/fetch-k8s-tools: from a PyPI package)."""
+    """The folder with helm and kubectl (scripts/fetch-k8s-tools: from a PyPI package), looked up once."""
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch-k8s-tools")], capture_output=True,
                           text=True, timeout=600, check=True)
     return Path(done.stdout.strip())
